@@ -1,0 +1,30 @@
+"""OrbitHash: deep-hashing image retrieval for remote-sensing imagery.
+
+The top-level package is the hashing library (data, models, losses, training, evaluation, export,
+bit codes and Hamming search). It imports neither gRPC nor Redis: the services in
+``encoder_service``, ``index_service`` and ``gateway`` are thin adapters over it.
+``orbithash.v1`` holds the code generated from ``proto/`` and ``orbithash.serving`` the shared
+gRPC plumbing; the hashing modules never import either.
+"""
+
+__version__ = "0.1.0"
+
+
+class OrbitHashError(Exception):
+    """Root of every error OrbitHash raises on purpose."""
+
+
+class InvalidInput(OrbitHashError):
+    """The caller sent something unusable (maps to INVALID_ARGUMENT)."""
+
+
+class NotFound(OrbitHashError):
+    """A named item does not exist (maps to NOT_FOUND)."""
+
+
+class Mismatch(OrbitHashError):
+    """Codes of another bit length or model version (maps to FAILED_PRECONDITION)."""
+
+
+class Unavailable(OrbitHashError):
+    """A dependency (Triton, Redis, a shard) cannot be reached (maps to UNAVAILABLE)."""

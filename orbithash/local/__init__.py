@@ -1,0 +1,1 @@
+"""Running OrbitHash's parts as local processes on loopback (launcher and tests)."""
