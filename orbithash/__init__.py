@@ -28,3 +28,7 @@ class Mismatch(OrbitHashError):
 
 class Unavailable(OrbitHashError):
     """A dependency (Triton, Redis, a shard) cannot be reached (maps to UNAVAILABLE)."""
+
+
+class ResourceExhausted(OrbitHashError):
+    """A request asks for more than the service allows (maps to RESOURCE_EXHAUSTED)."""

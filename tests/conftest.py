@@ -21,7 +21,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture()
-def redis_client(redis_server: RedisServer):  # noqa: ANN201
+def redis_client(redis_server: RedisServer):
     client = redis_server.client()
     client.flushall()
     yield client

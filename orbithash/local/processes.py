@@ -52,7 +52,7 @@ class ManagedProcess:
             try:
                 if probe():
                     return
-            except Exception:  # noqa: BLE001 - any probe failure means "not ready yet"
+            except Exception:
                 pass
             time.sleep(0.1)
         self.stop()

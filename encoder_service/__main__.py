@@ -1,0 +1,49 @@
+"""``python -m encoder_service``: run one encoder process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from encoder_service.backends import InferenceBackend, OnnxRuntimeBackend, TritonBackend
+from encoder_service.encoder import Encoder, EncoderMetrics
+from encoder_service.servicer import EncoderServicer
+from encoder_service.settings import EncoderSettings
+from orbithash.serving.server import GrpcServer, configure_logging, service_name
+from orbithash.v1 import orbithash_pb2_grpc as rpc
+
+
+def build_backend(settings: EncoderSettings) -> InferenceBackend:
+    if settings.triton_url:
+        return TritonBackend(settings.triton_url, settings.model_name, settings.triton_timeout_s)
+    path = Path(settings.model_repository) / settings.model_name / "1" / "model.onnx"
+    return OnnxRuntimeBackend(path, settings.threads)
+
+
+def build_server(settings: EncoderSettings) -> GrpcServer:
+    registry = CollectorRegistry()
+    backend = build_backend(settings)
+    encoder = Encoder(backend, settings.max_batch, settings.max_images, EncoderMetrics(registry))
+    servicer = EncoderServicer(encoder)
+    facts = backend.facts
+    logging.getLogger("orbithash.encoder").info(
+        "model %s version %s: %d bits, %d classes, via %s", facts.name, facts.version, facts.bits,
+        len(facts.class_names), settings.triton_url or "in-process ONNX Runtime")
+    return GrpcServer(settings, [service_name("Encoder")],
+                      lambda server: rpc.add_EncoderServicer_to_server(servicer, server), registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = EncoderSettings.from_argv(argv)
+    configure_logging(settings.log_level)
+    server = build_server(settings)
+    server.start()
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

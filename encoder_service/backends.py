@@ -1,0 +1,90 @@
+"""Inference backends: the same ONNX model served by Triton or run in-process.
+
+Both read the model's facts from the model itself (Triton config parameters or ONNX metadata)
+and return ``(u, logits)`` for a preprocessed float32 batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from orbithash import Unavailable
+from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
+
+
+class InferenceBackend(Protocol):
+    facts: ModelFacts
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ready(self) -> bool: ...
+
+
+class OnnxRuntimeBackend:
+    """The embedded default: ONNX Runtime in this process."""
+
+    def __init__(self, model_path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        if not model_path.is_file():
+            raise Unavailable(f"no model at {model_path}: run `orbithash train` first")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.facts = ModelFacts.from_params(dict(meta))
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u, logits = self._session.run([OUTPUT_U, OUTPUT_LOGITS], {INPUT_NAME: batch})
+        return np.asarray(u, np.float32), np.asarray(logits, np.float32)
+
+    def ready(self) -> bool:
+        return True
+
+
+class TritonBackend:
+    """Triton over gRPC (KServe v2). One shared channel; the client is thread-safe for infer."""
+
+    def __init__(self, url: str, model_name: str, timeout_s: float) -> None:
+        import tritonclient.grpc as tgrpc
+        from tritonclient.utils import InferenceServerException
+
+        self._tgrpc = tgrpc
+        self._error = InferenceServerException
+        self._model = model_name
+        self._timeout = timeout_s
+        self._client = tgrpc.InferenceServerClient(url=url)
+        self._lock = threading.Lock()
+        try:
+            if not self._client.is_model_ready(model_name, client_timeout=timeout_s):
+                raise Unavailable(f"model {model_name!r} is not ready on Triton at {url}")
+            config = self._client.get_model_config(model_name, as_json=True, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise Unavailable(f"Triton at {url} unreachable: {exc.message()}") from exc
+        params = config.get("config", {}).get("parameters", {})
+        try:
+            self.facts = ModelFacts.from_params({k: v["string_value"] for k, v in params.items()})
+        except (KeyError, TypeError) as exc:
+            raise ModelFactsError(f"Triton model {model_name!r} carries no OrbitHash parameters") from exc
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tg = self._tgrpc
+        inp = tg.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(batch, np.float32))
+        outputs = [tg.InferRequestedOutput(OUTPUT_U), tg.InferRequestedOutput(OUTPUT_LOGITS)]
+        try:
+            result = self._client.infer(self._model, [inp], outputs=outputs, client_timeout=self._timeout)
+        except self._error as exc:
+            raise Unavailable(f"Triton inference failed: {exc.message()}") from exc
+        return result.as_numpy(OUTPUT_U), result.as_numpy(OUTPUT_LOGITS)
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready(self._model, client_timeout=2.0))
+        except self._error:
+            return False

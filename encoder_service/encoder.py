@@ -1,0 +1,72 @@
+"""The encoder's data plane, free of gRPC: decode, preprocess, infer in batches, pack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from encoder_service.backends import InferenceBackend
+from orbithash import InvalidInput, ResourceExhausted
+from orbithash.bits import pack_signs
+from orbithash.images import preprocess_batch
+from orbithash.model_facts import ModelFacts
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    codes: np.ndarray          # (n, code_bytes) uint8
+    u: np.ndarray              # (n, K) float32
+    probabilities: np.ndarray  # (n, C) float32
+    labels: np.ndarray         # (n,) int64
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class EncoderMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.images = Counter("orbithash_encoder_images", "Images encoded.", registry=registry)
+        self.decode_seconds = Histogram("orbithash_encoder_decode_seconds",
+                                        "Decode and preprocess time per request.", registry=registry)
+        self.inference_seconds = Histogram("orbithash_encoder_inference_seconds",
+                                           "Inference time per backend batch.", registry=registry)
+        self.batch_size = Histogram("orbithash_encoder_batch_size", "Images per backend batch.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
+
+
+class Encoder:
+    def __init__(self, backend: InferenceBackend, max_batch: int, max_images: int,
+                 metrics: EncoderMetrics) -> None:
+        self.backend = backend
+        self.max_batch = max_batch
+        self.max_images = max_images
+        self.metrics = metrics
+
+    @property
+    def facts(self) -> ModelFacts:
+        return self.backend.facts
+
+    def encode(self, images: list[bytes]) -> EncodedBatch:
+        if not images:
+            raise InvalidInput("no images given")
+        if len(images) > self.max_images:
+            raise ResourceExhausted(f"{len(images)} images in one call, limit {self.max_images}")
+        with self.metrics.decode_seconds.time():
+            batch = preprocess_batch(images, self.facts)
+        us, logits = [], []
+        for start in range(0, len(batch), self.max_batch):
+            chunk = batch[start:start + self.max_batch]
+            self.metrics.batch_size.observe(len(chunk))
+            with self.metrics.inference_seconds.time():
+                u, lg = self.backend.infer(chunk)
+            us.append(u)
+            logits.append(lg)
+        u = np.concatenate(us)
+        probs = softmax(np.concatenate(logits).astype(np.float64)).astype(np.float32)
+        self.metrics.images.inc(len(images))
+        return EncodedBatch(pack_signs(u), u, probs, probs.argmax(axis=1))

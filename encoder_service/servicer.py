@@ -1,0 +1,31 @@
+"""Thin gRPC adapter over :class:`encoder_service.encoder.Encoder`."""
+
+from __future__ import annotations
+
+import grpc
+
+from encoder_service.encoder import Encoder
+from orbithash.serving.convert import model_info
+from orbithash.v1 import orbithash_pb2 as pb
+from orbithash.v1 import orbithash_pb2_grpc as rpc
+
+
+class EncoderServicer(rpc.EncoderServicer):
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+
+    def Encode(self, request: pb.EncodeRequest, context: grpc.ServicerContext) -> pb.EncodeResponse:
+        out = self._encoder.encode(list(request.images))
+        names = self._encoder.facts.class_names
+        return pb.EncodeResponse(
+            encodings=[
+                pb.Encoding(code=out.codes[i].tobytes(), u=out.u[i].tolist(),
+                            probabilities=out.probabilities[i].tolist(), label=int(out.labels[i]),
+                            class_name=names[int(out.labels[i])])
+                for i in range(len(out.codes))
+            ],
+            model_version=self._encoder.facts.version,
+        )
+
+    def Model(self, request: pb.ModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        return model_info(self._encoder.facts)

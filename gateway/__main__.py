@@ -1,0 +1,33 @@
+"""``python -m gateway``: run the public gateway."""
+
+from __future__ import annotations
+
+import sys
+
+from prometheus_client import CollectorRegistry
+
+from gateway.router import Router
+from gateway.servicer import GatewayServicer
+from gateway.settings import GatewaySettings
+from orbithash.serving.server import GrpcServer, configure_logging, service_name
+from orbithash.v1 import orbithash_pb2_grpc as rpc
+
+
+def build_server(settings: GatewaySettings) -> GrpcServer:
+    registry = CollectorRegistry()
+    servicer = GatewayServicer(Router(settings, registry))
+    return GrpcServer(settings, [service_name("Gateway")],
+                      lambda server: rpc.add_GatewayServicer_to_server(servicer, server), registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = GatewaySettings.from_argv(argv)
+    configure_logging(settings.log_level)
+    server = build_server(settings)
+    server.start()
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""``python -m index_service``: run one index shard."""
+
+from __future__ import annotations
+
+import sys
+
+import redis
+from index_service.store import ShardStore
+from orbithash.hamming import warm_up
+from prometheus_client import CollectorRegistry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from index_service.servicer import IndexShardServicer
+from index_service.settings import IndexSettings
+from index_service.shard import Shard
+from orbithash.serving.server import GrpcServer, configure_logging, service_name
+from orbithash.v1 import orbithash_pb2_grpc as rpc
+
+
+def build_server(settings: IndexSettings) -> GrpcServer:
+    registry = CollectorRegistry()
+    client = redis.Redis.from_url(
+        settings.redis_url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError], socket_timeout=30,
+    )
+    store = ShardStore(client, settings.shard, settings.bits, settings.model_version, settings.namespace)
+    shard = Shard(settings.shard, store, settings.bits, settings.model_version, settings.max_k,
+                  settings.max_batch, registry)
+    warm_up()
+    shard.open()
+    servicer = IndexShardServicer(shard)
+    return GrpcServer(settings, [service_name("IndexShard")],
+                      lambda server: rpc.add_IndexShardServicer_to_server(servicer, server), registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = IndexSettings.from_argv(argv)
+    configure_logging(settings.log_level)
+    server = build_server(settings)
+    server.start()
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Thin gRPC adapter over :class:`index_service.shard.Shard`."""
+
+from __future__ import annotations
+
+import grpc
+
+from index_service.shard import Shard
+from orbithash.v1 import orbithash_pb2 as pb
+from orbithash.v1 import orbithash_pb2_grpc as rpc
+
+
+class IndexShardServicer(rpc.IndexShardServicer):
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+
+    def Add(self, request: pb.AddRequest, context: grpc.ServicerContext) -> pb.AddResponse:
+        items = request.items
+        added, replaced = self._shard.add([i.id for i in items], [i.code for i in items],
+                                          [i.label for i in items], request.bits, request.model_version)
+        return pb.AddResponse(added=added, replaced=replaced)
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        deleted, missing = self._shard.delete(list(request.ids))
+        return pb.DeleteResponse(deleted=len(deleted), missing=missing)
+
+    def Search(self, request: pb.ShardSearchRequest, context: grpc.ServicerContext) -> pb.ShardSearchResponse:
+        results = self._shard.search(
+            list(request.codes), request.k,
+            request.max_distance if request.HasField("max_distance") else None,
+            request.label if request.HasField("label") else None,
+            request.bits, request.model_version)
+        shard = self._shard.shard
+        return pb.ShardSearchResponse(results=[
+            pb.HitList(hits=[pb.Hit(id=h.id, distance=h.distance, label=h.label, shard=shard) for h in hits])
+            for hits in results
+        ])
+
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
+        s = self._shard
+        return pb.StatsResponse(shard=s.shard, count=len(s), bits=s.bits, model_version=s.model_version)
+
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
+        found, missing = self._shard.get(list(request.ids))
+        return pb.GetResponse(items=[pb.Item(id=i, code=c, label=lab) for i, c, lab in found],
+                              missing=missing)

@@ -1,0 +1,139 @@
+"""Export a trained HashNet as a Triton model: ``<repo>/<name>/1/model.onnx`` + ``config.pbtxt``.
+
+The model carries its own facts (bits, classes, preprocessing, version) in the ONNX metadata and
+in the Triton config's ``parameters``; consumers read them from there, never from constants.
+The version is a content hash, so two different trainings never share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+
+from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
+from orbithash.models import HashNet
+
+OPSET = 17
+MAX_BATCH_SIZE = 64
+QUEUE_DELAY_US = 2000
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
+
+
+def model_path(repo_dir: Path, model_name: str) -> Path:
+    return Path(repo_dir) / model_name / "1" / MODEL_FILE
+
+
+def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: str = "orbithash") -> Path:
+    """Write the ONNX model and Triton config; return the ONNX path.
+
+    ``facts.name`` becomes ``model_name`` and ``facts.version`` the first 12 hex digits of the
+    sha256 of the metadata-free ONNX bytes plus the other facts; ``load_facts_from_onnx`` on
+    the returned path gives the final facts.
+    """
+    if facts.bits != model.bits or len(facts.class_names) != model.head.num_classes:
+        raise ModelFactsError(
+            f"facts say {facts.bits} bits/{len(facts.class_names)} classes, the model has "
+            f"{model.bits} bits/{model.head.num_classes} classes"
+        )
+    proto = onnx.load_from_string(_onnx_bytes(model, facts.input_size))
+    del proto.metadata_props[:]
+    facts = replace(facts, name=model_name, version="pending")
+    described = json.dumps({k: v for k, v in facts.to_params().items() if k != "orbithash.version"},
+                           sort_keys=True)
+    digest = hashlib.sha256(proto.SerializeToString() + described.encode())
+    facts = replace(facts, version=digest.hexdigest()[:12])
+    for key, value in facts.to_params().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+
+    path = model_path(repo_dir, model_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, proto.SerializeToString())
+    _write_atomic(path.parent.parent / CONFIG_FILE, triton_config(facts, model_name).encode())
+    return path
+
+
+def _onnx_bytes(model: HashNet, input_size: int) -> bytes:
+    was_training = model.training
+    model.eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The torch.export-based exporter needs onnxscript, which this project does not ship;
+            # the TorchScript exporter announces its deprecation on every call.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (torch.zeros(2, 3, input_size, input_size),),
+                buf,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_U, OUTPUT_LOGITS],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_U: {0: "batch"}, OUTPUT_LOGITS: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        model.train(was_training)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def pbtxt_string(value: str) -> str:
+    """A protobuf text-format string literal: quotes, backslashes, controls and non-ASCII escaped."""
+    out = []
+    for byte in value.encode("utf-8"):
+        char = chr(byte)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def triton_config(facts: ModelFacts, model_name: str) -> str:
+    """config.pbtxt for Triton's python backend (its model.py runs model.onnx with ONNX Runtime)."""
+    size = facts.input_size
+    lines = [
+        f"name: {pbtxt_string(model_name)}",
+        'backend: "python"',
+        f"max_batch_size: {MAX_BATCH_SIZE}",
+        "input [",
+        f'  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}',
+        "]",
+        "output [",
+        f'  {{ name: "{OUTPUT_U}" data_type: TYPE_FP32 dims: [ {facts.bits} ] }},',
+        f'  {{ name: "{OUTPUT_LOGITS}" data_type: TYPE_FP32 dims: [ {len(facts.class_names)} ] }}',
+        "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+    ]
+    for key, value in facts.to_params().items():
+        lines.append(f"parameters {{ key: {pbtxt_string(key)} value: {{ string_value: {pbtxt_string(value)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def load_facts_from_onnx(path: Path) -> ModelFacts:
+    """The facts stored in an exported model's metadata; ModelFactsError when absent or malformed."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise ModelFactsError(f"cannot read model {path}: {exc}") from exc
+    return ModelFacts.from_params({p.key: p.value for p in proto.metadata_props})

