@@ -26,3 +26,33 @@ def redis_client(redis_server: RedisServer):
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def ucm_subset():  # noqa: ANN201
+    """A small real UC Merced split: 8 database + 2 query images per class (21 classes)."""
+    from orbithash.data import load_split
+
+    zip_path = SHARED_DATA / "ucmerced.zip"
+    assert zip_path.exists(), f"tests need the real UC Merced data at {zip_path}"
+    return load_split(zip_path, limit_per_class=10)
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path:  # noqa: ANN001
+    """A model repository with a small real model trained here (32 bits, few epochs)."""
+    from orbithash.train import train_and_export
+
+    repo = tmp_path_factory.mktemp("model_repository")
+    train_and_export(ucm_subset, bits=32, repo_dir=repo, progress=False)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, trained_repo: Path):  # noqa: ANN201
+    """The real cluster: redis-server, tritonserver, encoder, two shards, gateway."""
+    from orbithash.local.cluster import Cluster, ClusterConfig
+
+    config = ClusterConfig(model_repository=trained_repo, work_dir=tmp_path_factory.mktemp("cluster"), shards=2)
+    with Cluster(config) as running:
+        yield running

@@ -52,6 +52,9 @@ class ManagedProcess:
             try:
                 if probe():
                     return
+            except Unavailable:
+                self.stop()
+                raise
             except Exception:
                 pass
             time.sleep(0.1)

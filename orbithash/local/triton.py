@@ -85,7 +85,12 @@ class TritonServer:
 
         client = tgrpc.InferenceServerClient(self.url)
         try:
-            return bool(client.is_model_ready(self.model_name, client_timeout=1.0))
+            if client.is_model_ready(self.model_name, client_timeout=1.0):
+                return True
+            for model in client.get_model_repository_index(as_json=True, client_timeout=1.0).get("models", []):
+                if model.get("name") == self.model_name and model.get("state") == "UNAVAILABLE":
+                    raise Unavailable(f"Triton could not load {self.model_name!r}: {model.get('reason', '?')}")
+            return False
         finally:
             client.close()
 

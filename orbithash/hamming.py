@@ -1,0 +1,448 @@
+"""Exact Hamming top-k over packed binary codes: the in-memory mirror of one index shard.
+
+Codes arrive in numpy.packbits order (K bits → ceil(K/8) bytes, padding bits zero) and are kept
+one row per slot, padded with zero bytes to whole uint64 words, so a distance is a sum of
+``popcount(a ^ b)`` over 1–4 words. Slots are assigned by the Redis store (``index_service.store``);
+this mirror obeys them, so a reload from Redis rebuilds exactly the same layout.
+
+The kernel never sorts N distances. It scans blocks of slots, computing distances vectorised
+(LLVM emits VPOPCNTQ/POPCNT for ``llvm.ctpop``), skips a block whose minimum exceeds the running
+threshold, and appends the rest branch-free to a small candidate buffer; when the buffer holds
+2k candidates a 257-bin histogram yields the k-th smallest distance, which becomes the new
+threshold. The result is every slot with distance <= the final k-th smallest distance: few
+candidates, which Python orders by (distance, id) so ties are deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from orbithash import InvalidInput
+from orbithash.bits import code_bytes as _code_bytes
+
+MIN_BITS = 8
+MAX_BITS = 256
+_BLOCK = 256  # slots per block: small enough to skip often, large enough to vectorise well
+_EXCLUDED = np.int32(1 << 12)  # added to the distance of dead/filtered slots: above any threshold
+# Below this many uint64 words per query the hand-off to a second thread costs more than it saves.
+_SPLIT_WORDS = 1 << 21
+
+Result = list[tuple[str, int, int]]
+
+
+@intrinsic
+def _popcount(typingctx, x):  # noqa: ANN001, ANN202 - numba intrinsic protocol
+    """``llvm.ctpop.i64``: numba exposes no popcount, and LLVM vectorises this one."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        value = builder.zext(args[0], ir.IntType(64)) if x.bitwidth < 64 else args[0]
+        return builder.ctpop(value)
+
+    return types.uint64(x), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _block_distances(codes, words, q, live, labels, label, use_label, m, out):  # noqa: ANN001, ANN202
+    """Distances of m consecutive slots into ``out``; dead or filtered slots get +_EXCLUDED."""
+    if words == 1:
+        q0 = q[0]
+        for j in range(m):
+            out[j] = np.int32(_popcount(codes[j] ^ q0))
+    elif words == 2:
+        q0 = q[0]
+        q1 = q[1]
+        for j in range(m):
+            out[j] = np.int32(_popcount(codes[2 * j] ^ q0) + _popcount(codes[2 * j + 1] ^ q1))
+    elif words == 3:
+        q0 = q[0]
+        q1 = q[1]
+        q2 = q[2]
+        for j in range(m):
+            out[j] = np.int32(_popcount(codes[3 * j] ^ q0) + _popcount(codes[3 * j + 1] ^ q1)
+                              + _popcount(codes[3 * j + 2] ^ q2))
+    else:
+        for j in range(m):
+            s = np.uint64(0)
+            for w in range(words):
+                s += _popcount(codes[words * j + w] ^ q[w])
+            out[j] = np.int32(s)
+    for j in range(m):
+        out[j] |= (np.int32(live[j]) ^ 1) << 12
+    if use_label:
+        for j in range(m):
+            if labels[j] != label:
+                out[j] |= _EXCLUDED
+
+
+@njit(cache=True, nogil=True)
+def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,  # noqa: ANN001, ANN202
+          cand_slots, cand_dist, n, limit, dist):
+    """Scan from slot i until the buffer holds ``limit`` candidates or the range ends.
+
+    Kept free of array reassignment: numba then keeps the hot loop free of reference counting.
+    """
+    cap = cand_slots.shape[0]
+    while i < stop:
+        m = min(_BLOCK, stop - i)
+        if n >= limit or n + m > cap:
+            return i, n
+        _block_distances(codes[i * words:(i + m) * words], words, q, live[i:i + m], labels[i:i + m],
+                         label, use_label, m, dist)
+        lowest = _EXCLUDED
+        for j in range(m):
+            lowest = min(lowest, dist[j])
+        if lowest <= threshold:
+            for j in range(m):  # branch-free append: write always, advance only on a hit
+                dj = dist[j]
+                cand_slots[n] = i + j
+                cand_dist[n] = dj
+                n += dj <= threshold
+        i += m
+    return i, n
+
+
+@njit(cache=True, nogil=True)
+def _tighten(cand_slots, cand_dist, n, k, threshold, bits):  # noqa: ANN001, ANN202
+    """Lower the threshold to the k-th smallest candidate distance and drop what lies above it."""
+    if n >= k:
+        hist = np.zeros(bits + 1, np.int64)
+        for j in range(n):
+            hist[cand_dist[j]] += 1
+        seen = 0
+        for t in range(bits + 1):
+            seen += hist[t]
+            if seen >= k:
+                threshold = min(threshold, t)
+                break
+    kept = 0
+    for j in range(n):
+        if cand_dist[j] <= threshold:
+            cand_slots[kept] = cand_slots[j]
+            cand_dist[kept] = cand_dist[j]
+            kept += 1
+    return kept, threshold
+
+
+@njit(cache=True, nogil=True)
+def _scan(codes, words, q, live, labels, label, use_label, k, threshold, bits, start, stop):  # noqa: ANN001, ANN202
+    """Every slot in [start, stop) whose distance is <= the k-th smallest there (and <= threshold)."""
+    limit = max(min(2 * k, stop - start), 1)
+    cand_slots = np.empty(limit + _BLOCK, np.int64)
+    cand_dist = np.empty(limit + _BLOCK, np.int32)
+    dist = np.empty(_BLOCK, np.int32)
+    n = 0
+    i = start
+    while True:
+        i, n = _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,
+                     cand_slots, cand_dist, n, limit, dist)
+        n, threshold = _tighten(cand_slots, cand_dist, n, k, threshold, bits)
+        if i >= stop:
+            break
+        if n >= limit:  # ties at the threshold fill the buffer: make room rather than stall
+            limit = n + k
+        if limit + _BLOCK > cand_slots.shape[0]:
+            grown_slots = np.empty(2 * (limit + _BLOCK), np.int64)
+            grown_slots[:n] = cand_slots[:n]
+            cand_slots = grown_slots
+            grown_dist = np.empty(2 * (limit + _BLOCK), np.int32)
+            grown_dist[:n] = cand_dist[:n]
+            cand_dist = grown_dist
+    return cand_slots[:n].copy(), cand_dist[:n].copy()
+
+
+@njit(cache=True, nogil=True)
+def _scan_many(codes, words, queries, live, labels, label, use_label, k, threshold, bits, start, stop):  # noqa: ANN001, ANN202
+    """_scan for each query row; results concatenated with offsets (numba returns no ragged lists)."""
+    nq = queries.shape[0]
+    parts_slots = []
+    parts_dist = []
+    offsets = np.zeros(nq + 1, np.int64)
+    for r in range(nq):
+        s, d = _scan(codes, words, queries[r], live, labels, label, use_label, k, threshold, bits,
+                     start, stop)
+        parts_slots.append(s)
+        parts_dist.append(d)
+        offsets[r + 1] = offsets[r] + s.shape[0]
+    all_slots = np.empty(offsets[nq], np.int64)
+    all_dist = np.empty(offsets[nq], np.int32)
+    for r in range(nq):
+        all_slots[offsets[r]:offsets[r + 1]] = parts_slots[r]
+        all_dist[offsets[r]:offsets[r + 1]] = parts_dist[r]
+    return offsets, all_slots, all_dist
+
+
+class _ReadWriteLock:
+    """Many concurrent searches, one exclusive writer; a waiting writer blocks new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:  # held throughout: new readers queue behind this writer
+            self._cond.wait_for(lambda: self._readers == 0)
+            yield
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _shared_pool() -> Executor:
+    """One process-wide pool: the kernel releases the GIL, so threads give real parallelism."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(_cpu_count(), 2), thread_name_prefix="hamming")
+        return _pool
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class HammingIndex:
+    """Slots of packed codes with ids and labels, searched exactly by Hamming distance.
+
+    Thread-safe: searches run concurrently, ``put``/``remove`` are exclusive.
+    ``threads`` bounds how many cores one search call uses (default: all available).
+    """
+
+    def __init__(self, bits: int, capacity: int = 1024, *, threads: int | None = None) -> None:
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise InvalidInput(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+        self._bits = bits
+        self._code_bytes = _code_bytes(bits)
+        self._words = (self._code_bytes + 7) // 8
+        self._threads = max(1, threads if threads is not None else _cpu_count())
+        capacity = max(int(capacity), 1)
+        self._codes = np.zeros((capacity, self._words), np.uint64)
+        self._labels = np.full(capacity, -1, np.int32)
+        self._live = np.zeros(capacity, np.uint8)
+        self._ids: list[str | None] = [None] * capacity
+        self._slot_of: dict[str, int] = {}
+        self._end = 0  # one past the highest slot ever used: the scan range
+        self._lock = _ReadWriteLock()
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def code_bytes(self) -> int:
+        return self._code_bytes
+
+    @property
+    def capacity(self) -> int:
+        return self._codes.shape[0]
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._slot_of
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(self, slots: np.ndarray, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray) -> None:
+        """Store items at the slots the Redis store assigned; an id that moves frees its old slot."""
+        slots = np.asarray(slots)
+        if slots.ndim != 1 or (slots.size and slots.dtype.kind not in "iu"):
+            raise InvalidInput(f"slots must be a 1-D integer array, got {slots.dtype} {slots.shape}")
+        slots = slots.astype(np.int64, copy=False)
+        n = slots.shape[0]
+        if len(ids) != n:
+            raise InvalidInput(f"{len(ids)} ids for {n} slots")
+        packed = self._words_of(codes, "codes", n)
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise InvalidInput(f"labels must have shape ({n},), got {labels.shape}")
+        labels = labels.astype(np.int32)
+        if n == 0:
+            return
+        if int(slots.min()) < 0:
+            raise InvalidInput("slots must be >= 0")
+        if any(not isinstance(i, str) for i in ids):
+            raise InvalidInput("ids must be str")
+        # Repeated slots: the last write wins, as in the Redis store.
+        _, last_rev = np.unique(slots[::-1], return_index=True)
+        last = n - 1 - last_rev
+        with self._lock.write():
+            self._grow(int(slots.max()) + 1)
+            slot_of, owner, live = self._slot_of, self._ids, self._live
+            for slot, id in zip(slots.tolist(), ids, strict=True):
+                old = slot_of.get(id)
+                if old is not None and old != slot:
+                    owner[old] = None
+                    live[old] = 0
+                previous = owner[slot]
+                if previous is not None and previous != id:
+                    del slot_of[previous]  # the store gave this slot away: its old id is gone
+                owner[slot] = id
+                slot_of[id] = slot
+                live[slot] = 1
+            self._codes[slots[last]] = packed[last]
+            self._labels[slots[last]] = labels[last]
+            self._end = max(self._end, int(slots.max()) + 1)
+
+    def remove(self, ids: Sequence[str]) -> list[str]:
+        """Forget items; returns the ids that were present (each once)."""
+        removed: list[str] = []
+        with self._lock.write():
+            for id in ids:
+                slot = self._slot_of.pop(id, None)
+                if slot is not None:
+                    self._ids[slot] = None
+                    self._live[slot] = 0
+                    removed.append(id)
+        return removed
+
+    def clear(self) -> None:
+        """Drop every item (before a full reload from Redis)."""
+        with self._lock.write():
+            self._live[:] = 0
+            self._ids = [None] * self.capacity
+            self._slot_of.clear()
+            self._end = 0
+
+    def _grow(self, needed: int) -> None:
+        old = self.capacity
+        if needed <= old:
+            return
+        new = max(needed, 2 * old)
+        codes = np.zeros((new, self._words), np.uint64)
+        codes[:old] = self._codes
+        labels = np.full(new, -1, np.int32)
+        labels[:old] = self._labels
+        live = np.zeros(new, np.uint8)
+        live[:old] = self._live
+        self._codes, self._labels, self._live = codes, labels, live
+        self._ids.extend([None] * (new - old))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, id: str) -> tuple[bytes, int] | None:
+        """(code bytes, label) of a stored id, or None."""
+        with self._lock.read():
+            slot = self._slot_of.get(id)
+            if slot is None:
+                return None
+            code = self._codes[slot].view(np.uint8)[: self._code_bytes].tobytes()
+            return code, int(self._labels[slot])
+
+    def search(self, queries: np.ndarray, k: int, max_distance: int | None = None,
+               label: int | None = None) -> list[Result]:
+        """Per query up to k (id, distance, label), by ascending distance then id."""
+        q = self._words_of(queries, "queries", None)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        if max_distance is not None and max_distance < 0:
+            raise InvalidInput(f"max_distance must be >= 0, got {max_distance}")
+        threshold = self._bits if max_distance is None else min(int(max_distance), self._bits)
+        use_label = label is not None
+        label_value = int(label) if label is not None else 0
+        if q.shape[0] == 0:
+            return []
+        with self._lock.read():
+            end = self._end
+            if end == 0:
+                return [[] for _ in range(q.shape[0])]
+            args = (self._codes[:end].reshape(-1), self._words)
+            rest = (self._live[:end], self._labels[:end], label_value, use_label, int(k),
+                    threshold, self._bits)
+            return self._run(q, args, rest, end, int(k))
+
+    def _run(self, q: np.ndarray, args: tuple, rest: tuple, end: int, k: int) -> list[Result]:
+        """Split the work over threads: by query for batches, by slot range for one big query."""
+        threads = min(self._threads, q.shape[0]) if q.shape[0] > 1 else self._threads
+        if q.shape[0] == 1 and end * self._words < _SPLIT_WORDS:
+            threads = 1
+        if threads == 1:
+            offsets, slots, dist = _scan_many(*args, q, *rest, 0, end)
+            return [self._rank(slots[a:b], dist[a:b], k) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        pool = _shared_pool()
+        if q.shape[0] > 1:
+            chunks = np.array_split(np.arange(q.shape[0]), threads)
+            futures = [pool.submit(_scan_many, *args, q[c[0]:c[-1] + 1], *rest, 0, end) for c in chunks[1:]]
+            parts = [_scan_many(*args, q[chunks[0][0]:chunks[0][-1] + 1], *rest, 0, end)]
+            parts += [f.result() for f in futures]
+            out: list[Result] = []
+            for offsets, slots, dist in parts:
+                out += [self._rank(slots[a:b], dist[a:b], k) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+            return out
+        bounds = np.linspace(0, end, threads + 1).astype(np.int64)
+        futures = [pool.submit(_scan_many, *args, q, *rest, int(a), int(b))
+                   for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
+        parts = [_scan_many(*args, q, *rest, 0, int(bounds[1]))] + [f.result() for f in futures]
+        slots = np.concatenate([p[1] for p in parts])
+        dist = np.concatenate([p[2] for p in parts])
+        return [self._rank(slots, dist, k)]
+
+    def _rank(self, slots: np.ndarray, dist: np.ndarray, k: int) -> Result:
+        """Order candidates by (distance, id); only the tie group at the cut needs id comparisons."""
+        if slots.shape[0] > k:
+            cut = int(np.partition(dist, k - 1)[k - 1])
+            below = dist < cut
+            at = np.flatnonzero(dist == cut)
+            ids = self._ids
+            tied = heapq.nsmallest(k - int(below.sum()), ((ids[s], s) for s in slots[at].tolist()))
+            slots = np.concatenate([slots[below], np.array([s for _, s in tied], np.int64)])
+            dist = np.concatenate([dist[below], np.full(len(tied), cut, np.int32)])
+        labels = self._labels[slots].tolist()
+        ids = self._ids
+        rows = [(ids[s], int(d), lab) for s, d, lab in zip(slots.tolist(), dist.tolist(), labels, strict=True)]
+        rows.sort(key=lambda r: (r[1], r[0]))
+        return rows  # type: ignore[return-value]  # live slots always have an id
+
+    def _words_of(self, codes: np.ndarray, what: str, n: int | None) -> np.ndarray:
+        """Validate (n, code_bytes) uint8 packed codes and pad them to uint64 words."""
+        arr = np.asarray(codes)
+        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != self._code_bytes:
+            raise InvalidInput(f"{what} must be uint8 of shape (n, {self._code_bytes}) for {self._bits}-bit "
+                               f"codes, got {arr.dtype} {arr.shape}")
+        if n is not None and arr.shape[0] != n:
+            raise InvalidInput(f"{arr.shape[0]} {what} for {n} items")
+        spare = self._code_bytes * 8 - self._bits
+        if spare and arr.shape[0] and np.any(arr[:, -1] & np.uint8((1 << spare) - 1)):
+            raise InvalidInput(f"{what}: the {spare} padding bits after bit {self._bits} must be zero")
+        padded = np.zeros((arr.shape[0], self._words * 8), np.uint8)
+        padded[:, : self._code_bytes] = arr
+        return padded.view(np.uint64)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    @staticmethod
+    def warm_up() -> None:
+        """Compile (or load from numba's on-disk cache) the kernel before serving traffic.
+
+        Word count, label filter and radius are runtime arguments, so one call covers them all.
+        """
+        index = HammingIndex(64, capacity=4, threads=1)
+        codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
+        index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
+        index.search(codes, 1, max_distance=3, label=1)
