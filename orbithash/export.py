@@ -45,7 +45,7 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
             f"facts say {facts.bits} bits/{len(facts.class_names)} classes, the model has "
             f"{model.bits} bits/{model.head.num_classes} classes"
         )
-    proto = onnx.load_from_string(_onnx_bytes(model, facts.input_size))
+    proto = onnx.load_from_string(onnx_bytes(model, facts.input_size, [INPUT_NAME], [OUTPUT_U, OUTPUT_LOGITS]))
     del proto.metadata_props[:]
     facts = replace(facts, name=model_name, version="pending")
     described = json.dumps({k: v for k, v in facts.to_params().items() if k != "orbithash.version"},
@@ -64,27 +64,25 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
     return path
 
 
-def _onnx_bytes(model: HashNet, input_size: int) -> bytes:
-    was_training = model.training
-    model.eval()
+def onnx_bytes(module: torch.nn.Module, input_size: int, input_names: list[str],
+               output_names: list[str]) -> bytes:
+    """Serialized ONNX (opset 17) of ``module`` on N×3×S×S float input, batch size dynamic."""
+    was_training = module.training
+    module.eval()
     buf = io.BytesIO()
+    batch = {name: {0: "batch"} for name in (*input_names, *output_names)}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The torch.export-based exporter needs onnxscript, which this project does not ship;
-            # the TorchScript exporter announces its deprecation on every call.
+            # the TorchScript exporter announces its deprecation on every call, and notes that
+            # the backbone's strided Slice ops are not constant-folded (they run fine).
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (torch.zeros(2, 3, input_size, input_size),),
-                buf,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_U, OUTPUT_LOGITS],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_U: {0: "batch"}, OUTPUT_LOGITS: {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+            warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+            torch.onnx.export(module, (torch.zeros(2, 3, input_size, input_size),), buf,
+                              input_names=input_names, output_names=output_names, dynamic_axes=batch,
+                              opset_version=OPSET, dynamo=False)
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return buf.getvalue()
 
 

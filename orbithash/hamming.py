@@ -16,6 +16,7 @@ candidates, which Python orders by (distance, id) so ties are deterministic.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,7 @@ from orbithash.bits import code_bytes as _code_bytes
 MIN_BITS = 8
 MAX_BITS = 256
 _BLOCK = 256  # slots per block: small enough to skip often, large enough to vectorise well
+_SUB = 32  # slots per sub-block inside a block that holds a candidate
 _EXCLUDED = np.int32(1 << 12)  # added to the distance of dead/filtered slots: above any threshold
 # Below this many uint64 words per query the hand-off to a second thread costs more than it saves.
 _SPLIT_WORDS = 1 << 21
@@ -41,12 +43,12 @@ Result = list[tuple[str, int, int]]
 
 
 @intrinsic
-def _popcount(typingctx, x):  # noqa: ANN001, ANN202 - numba intrinsic protocol
+def _popcount(typingctx, x):
     """``llvm.ctpop.i64``: numba exposes no popcount, and LLVM vectorises this one."""
     if not isinstance(x, types.Integer):
         return None
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+    def codegen(context, builder, signature, args):
         value = builder.zext(args[0], ir.IntType(64)) if x.bitwidth < 64 else args[0]
         return builder.ctpop(value)
 
@@ -54,7 +56,7 @@ def _popcount(typingctx, x):  # noqa: ANN001, ANN202 - numba intrinsic protocol
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _block_distances(codes, words, q, live, labels, label, use_label, m, out):  # noqa: ANN001, ANN202
+def _block_distances(codes, words, q, live, labels, label, use_label, m, out):
     """Distances of m consecutive slots into ``out``; dead or filtered slots get +_EXCLUDED."""
     if words == 1:
         q0 = q[0]
@@ -87,7 +89,7 @@ def _block_distances(codes, words, q, live, labels, label, use_label, m, out):  
 
 
 @njit(cache=True, nogil=True)
-def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,  # noqa: ANN001, ANN202
+def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,
           cand_slots, cand_dist, n, limit, dist):
     """Scan from slot i until the buffer holds ``limit`` candidates or the range ends.
 
@@ -104,17 +106,23 @@ def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,  
         for j in range(m):
             lowest = min(lowest, dist[j])
         if lowest <= threshold:
-            for j in range(m):  # branch-free append: write always, advance only on a hit
-                dj = dist[j]
-                cand_slots[n] = i + j
-                cand_dist[n] = dj
-                n += dj <= threshold
+            for s0 in range(0, m, _SUB):  # a hit is rare: only sub-blocks holding one are appended
+                s1 = min(s0 + _SUB, m)
+                sub_lowest = _EXCLUDED
+                for j in range(s0, s1):
+                    sub_lowest = min(sub_lowest, dist[j])
+                if sub_lowest <= threshold:
+                    for j in range(s0, s1):  # branch-free append: write always, advance on a hit
+                        dj = dist[j]
+                        cand_slots[n] = i + j
+                        cand_dist[n] = dj
+                        n += dj <= threshold
         i += m
     return i, n
 
 
 @njit(cache=True, nogil=True)
-def _tighten(cand_slots, cand_dist, n, k, threshold, bits):  # noqa: ANN001, ANN202
+def _tighten(cand_slots, cand_dist, n, k, threshold, bits):
     """Lower the threshold to the k-th smallest candidate distance and drop what lies above it."""
     if n >= k:
         hist = np.zeros(bits + 1, np.int64)
@@ -136,7 +144,7 @@ def _tighten(cand_slots, cand_dist, n, k, threshold, bits):  # noqa: ANN001, ANN
 
 
 @njit(cache=True, nogil=True)
-def _scan(codes, words, q, live, labels, label, use_label, k, threshold, bits, start, stop):  # noqa: ANN001, ANN202
+def _scan(codes, words, q, live, labels, label, use_label, k, threshold, bits, start, stop):
     """Every slot in [start, stop) whose distance is <= the k-th smallest there (and <= threshold)."""
     limit = max(min(2 * k, stop - start), 1)
     cand_slots = np.empty(limit + _BLOCK, np.int64)
@@ -163,7 +171,7 @@ def _scan(codes, words, q, live, labels, label, use_label, k, threshold, bits, s
 
 
 @njit(cache=True, nogil=True)
-def _scan_many(codes, words, queries, live, labels, label, use_label, k, threshold, bits, start, stop):  # noqa: ANN001, ANN202
+def _scan_many(codes, words, queries, live, labels, label, use_label, k, threshold, bits, start, stop):
     """_scan for each query row; results concatenated with offsets (numba returns no ragged lists)."""
     nq = queries.shape[0]
     parts_slots = []
@@ -287,7 +295,7 @@ class HammingIndex:
             return
         if int(slots.min()) < 0:
             raise InvalidInput("slots must be >= 0")
-        if any(not isinstance(i, str) for i in ids):
+        if set(map(type, ids)) != {str}:
             raise InvalidInput("ids must be str")
         # Repeated slots: the last write wins, as in the Redis store.
         _, last_rev = np.unique(slots[::-1], return_index=True)
@@ -295,6 +303,17 @@ class HammingIndex:
         with self._lock.write():
             self._grow(int(slots.max()) + 1)
             slot_of, owner, live = self._slot_of, self._ids, self._live
+            if not slot_of and len(last) == n:  # bulk load into an empty mirror: no moves possible
+                fresh = dict(zip(ids, slots.tolist(), strict=True))
+                if len(fresh) == n:
+                    self._slot_of = fresh
+                    for id, slot in fresh.items():
+                        owner[slot] = id
+                    live[slots] = 1
+                    self._codes[slots] = packed
+                    self._labels[slots] = labels
+                    self._end = max(self._end, int(slots.max()) + 1)
+                    return
             for slot, id in zip(slots.tolist(), ids, strict=True):
                 old = slot_of.get(id)
                 if old is not None and old != slot:
@@ -379,45 +398,44 @@ class HammingIndex:
 
     def _run(self, q: np.ndarray, args: tuple, rest: tuple, end: int, k: int) -> list[Result]:
         """Split the work over threads: by query for batches, by slot range for one big query."""
-        threads = min(self._threads, q.shape[0]) if q.shape[0] > 1 else self._threads
-        if q.shape[0] == 1 and end * self._words < _SPLIT_WORDS:
+        nq = q.shape[0]
+        threads = min(self._threads, nq) if nq > 1 else self._threads
+        if nq == 1 and end * self._words < _SPLIT_WORDS:
             threads = 1
-        if threads == 1:
-            offsets, slots, dist = _scan_many(*args, q, *rest, 0, end)
-            return [self._rank(slots[a:b], dist[a:b], k) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-        pool = _shared_pool()
-        if q.shape[0] > 1:
-            chunks = np.array_split(np.arange(q.shape[0]), threads)
-            futures = [pool.submit(_scan_many, *args, q[c[0]:c[-1] + 1], *rest, 0, end) for c in chunks[1:]]
-            parts = [_scan_many(*args, q[chunks[0][0]:chunks[0][-1] + 1], *rest, 0, end)]
-            parts += [f.result() for f in futures]
-            out: list[Result] = []
-            for offsets, slots, dist in parts:
-                out += [self._rank(slots[a:b], dist[a:b], k) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-            return out
-        bounds = np.linspace(0, end, threads + 1).astype(np.int64)
-        futures = [pool.submit(_scan_many, *args, q, *rest, int(a), int(b))
-                   for a, b in zip(bounds[1:-1], bounds[2:], strict=True)]
-        parts = [_scan_many(*args, q, *rest, 0, int(bounds[1]))] + [f.result() for f in futures]
-        slots = np.concatenate([p[1] for p in parts])
-        dist = np.concatenate([p[2] for p in parts])
-        return [self._rank(slots, dist, k)]
+        if nq > 1:  # each thread takes a run of queries over all slots
+            cuts = np.linspace(0, nq, threads + 1).astype(np.int64).tolist()
+            jobs = [(q[a:b], 0, end) for a, b in itertools.pairwise(cuts)]
+        else:  # each thread takes a range of slots for the one query
+            cuts = np.linspace(0, end, threads + 1).astype(np.int64).tolist()
+            jobs = [(q, a, b) for a, b in itertools.pairwise(cuts)]
+        futures = [_shared_pool().submit(_scan_many, *args, part, *rest, a, b) for part, a, b in jobs[1:]]
+        part, a, b = jobs[0]
+        parts = [_scan_many(*args, part, *rest, a, b)] + [f.result() for f in futures]
+        if nq == 1 and len(parts) > 1:
+            slots = np.concatenate([p[1] for p in parts])
+            dist = np.concatenate([p[2] for p in parts])
+            return [self._rank(slots, dist, k)]
+        return [self._rank(slots[a:b], dist[a:b], k)
+                for offsets, slots, dist in parts for a, b in itertools.pairwise(offsets.tolist())]
 
     def _rank(self, slots: np.ndarray, dist: np.ndarray, k: int) -> Result:
-        """Order candidates by (distance, id); only the tie group at the cut needs id comparisons."""
-        if slots.shape[0] > k:
+        """Order candidates by (distance, id) and keep k.
+
+        Candidates are usually about k; only a huge tie group at the cut (many equal codes) is
+        first narrowed with a partition and a heap, so ranking never sorts the shard.
+        """
+        ids = self._ids
+        if slots.shape[0] > 4 * k + 256:
             cut = int(np.partition(dist, k - 1)[k - 1])
             below = dist < cut
-            at = np.flatnonzero(dist == cut)
-            ids = self._ids
-            tied = heapq.nsmallest(k - int(below.sum()), ((ids[s], s) for s in slots[at].tolist()))
-            slots = np.concatenate([slots[below], np.array([s for _, s in tied], np.int64)])
-            dist = np.concatenate([dist[below], np.full(len(tied), cut, np.int32)])
-        labels = self._labels[slots].tolist()
-        ids = self._ids
-        rows = [(ids[s], int(d), lab) for s, d, lab in zip(slots.tolist(), dist.tolist(), labels, strict=True)]
-        rows.sort(key=lambda r: (r[1], r[0]))
-        return rows  # type: ignore[return-value]  # live slots always have an id
+            tied = slots[dist == cut].tolist()
+            chosen = heapq.nsmallest(k - int(np.count_nonzero(below)), [(ids[s], s) for s in tied])
+            slots = np.concatenate([slots[below], np.array([s for _, s in chosen], np.int64)])
+            dist = np.concatenate([dist[below], np.full(len(chosen), cut, np.int32)])
+        sl = slots.tolist()
+        keyed = sorted(zip(dist.tolist(), [ids[s] for s in sl], sl, strict=True))[:k]
+        labels = self._labels[np.array([s for _, _, s in keyed], np.int64)].tolist()
+        return [(i, d, lab) for (d, i, _), lab in zip(keyed, labels, strict=True)]  # type: ignore[misc]
 
     def _words_of(self, codes: np.ndarray, what: str, n: int | None) -> np.ndarray:
         """Validate (n, code_bytes) uint8 packed codes and pad them to uint64 words."""
@@ -434,15 +452,14 @@ class HammingIndex:
         padded[:, : self._code_bytes] = arr
         return padded.view(np.uint64)
 
-    # -- start-up ---------------------------------------------------------------------------
 
-    @staticmethod
-    def warm_up() -> None:
-        """Compile (or load from numba's on-disk cache) the kernel before serving traffic.
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the kernel before a service takes traffic.
 
-        Word count, label filter and radius are runtime arguments, so one call covers them all.
-        """
-        index = HammingIndex(64, capacity=4, threads=1)
-        codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
-        index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
-        index.search(codes, 1, max_distance=3, label=1)
+    Word count, radius and label filter are runtime arguments of one signature, so one tiny
+    search covers every shape a shard will use.
+    """
+    index = HammingIndex(64, capacity=4, threads=1)
+    codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
+    index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
+    index.search(codes, 1, max_distance=3, label=1)

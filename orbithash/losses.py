@@ -79,5 +79,5 @@ class DHCNNLoss(BaseHashLoss):
     def pair_loss(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         theta = u @ u.T / self.theta_scale
         per_pair = F.softplus(theta) - s * theta
-        off_diagonal = ~torch.eye(u.shape[0], dtype=torch.bool, device=u.device)
-        return per_pair[off_diagonal].mean()
+        n = u.shape[0]
+        return (per_pair.sum() - per_pair.diagonal().sum()) / (n * (n - 1))

@@ -10,11 +10,9 @@ in seconds, with fixed seeds. Images pass through ``orbithash.images`` exactly a
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from tqdm import tqdm
 
 from orbithash.bits import pack_signs
 from orbithash.data import ImageRecord, Split
-from orbithash.export import export_model, load_facts_from_onnx, model_path
+from orbithash.export import export_model, load_facts_from_onnx, model_path, onnx_bytes
 from orbithash.images import decode_image, preprocess
 from orbithash.losses import DHCNNLoss
 from orbithash.metrics import accuracy, mean_average_precision
@@ -53,12 +51,19 @@ VIEWS: dict[str, View] = {
     "hflip": lambda x: x[..., ::-1],
     "vflip": lambda x: x[..., ::-1, :],
     "rot90": lambda x: np.rot90(x, 1, axes=(2, 3)),
+    "rot180": lambda x: x[..., ::-1, ::-1],
 }
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Hyper-parameters of the head fit; defaults chosen on UC Merced's training set at 64 bits."""
+    """Hyper-parameters of the head fit.
+
+    Defaults were chosen at 64 bits on UC Merced's training set alone (64 images per class fit,
+    16 held out), never on the queries. Held-out mAP: theta_scale p = 2 / 8 / 32 → 0.962 /
+    0.958 / 0.958; views 1 / 2 / 4 / 8 (D4) → 0.943 / 0.952 / 0.962 / 0.959; η 0.2 / 0.5 / 0.8
+    → 0.961 / 0.962 / 0.956; β 0 / 0.1 / 1 → 0.960 / 0.962 / 0.959 (spread between seeds ≈ 0.003).
+    """
 
     epochs: int = 60
     batch_size: int = 256
@@ -103,16 +108,11 @@ class OnnxBackbone:
     """The frozen backbone run by ONNX Runtime with two intra-op threads."""
 
     def __init__(self, backbone: torch.nn.Module, input_size: int, threads: int = 2) -> None:
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", DeprecationWarning)  # see export._onnx_bytes
-            torch.onnx.export(backbone.eval(), (torch.zeros(1, 3, input_size, input_size),), buf,
-                              input_names=["x"], output_names=["f"],
-                              dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False)
+        model = onnx_bytes(backbone, input_size, ["x"], ["f"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"x": np.ascontiguousarray(x, np.float32)})[0]
@@ -122,8 +122,7 @@ def extract_features(records: Sequence[ImageRecord], facts: ModelFacts, backbone
                      views: Sequence[str] = ("orig",), *, progress: bool = True,
                      desc: str = "features") -> dict[str, np.ndarray]:
     """Pooled features of every record under every view, decoded as the encoder service does."""
-    out = {v: np.empty((len(records), 0), np.float32) for v in views}
-    chunks: dict[str, list[np.ndarray]] = {v: [] for v in views}
+    chunks: dict[str, list[np.ndarray]] = {v: [np.empty((0, Backbone.feature_dim), np.float32)] for v in views}
     with tqdm(total=len(records) * len(views), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(records), EXTRACT_BATCH):
             batch = records[start:start + EXTRACT_BATCH]
@@ -131,10 +130,7 @@ def extract_features(records: Sequence[ImageRecord], facts: ModelFacts, backbone
             for v in views:
                 chunks[v].append(backbone(VIEWS[v](x)))
                 bar.update(len(batch))
-    for v in views:
-        if chunks[v]:
-            out[v] = np.concatenate(chunks[v])
-    return out
+    return {v: np.concatenate(c) for v, c in chunks.items()}
 
 
 def _cache_key(split: Split, facts: ModelFacts, views: Sequence[str]) -> str:
@@ -195,19 +191,29 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(x) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
-    dropout = torch.nn.Dropout(config.feature_dropout)
+    # Dropout masks from numpy bytes: ~10× cheaper than torch's Bernoulli, the largest cost here.
+    drop_below = round(config.feature_dropout * 256)
+    keep_scale = 256 / (256 - drop_below)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the matrices are small: a second thread costs more than it gives
     head.train()
-    for _ in tqdm(range(config.epochs), desc="head", unit="epoch", disable=not progress):
-        order = torch.from_numpy(rng.permutation(len(x)))
-        for idx in order.split(config.batch_size):
-            if len(idx) < 2:
-                continue
-            u, logits = head(dropout(xt[idx]))
-            loss = loss_fn(u, yt[idx], logits)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    try:
+        for _ in tqdm(range(config.epochs), desc="head", unit="epoch", disable=not progress):
+            for idx in torch.from_numpy(rng.permutation(len(x))).split(config.batch_size):
+                if len(idx) < 2:
+                    continue
+                xb = xt[idx]
+                if drop_below:
+                    keep = rng.integers(0, 256, xb.shape, dtype=np.uint8) >= drop_below
+                    xb = xb * torch.from_numpy(keep) * keep_scale
+                u, logits = head(xb)
+                loss = loss_fn(u, yt[idx], logits)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+    finally:
+        torch.set_num_threads(threads)
     head.eval()
     with torch.no_grad():  # u = W (f − μ)/σ + v  =  (W/σ) f + (v − W μ/σ)
         w = head.hash.weight / torch.from_numpy(std)
@@ -250,9 +256,10 @@ def train(split: Split, *, bits: int = 64, seed: int = 0, epochs: int | None = N
 
 
 def train_and_export(split: Split, *, bits: int = 64, repo_dir: Path, model_name: str = "orbithash",
-                     seed: int = 0, epochs: int | None = None, progress: bool = True) -> ModelFacts:
+                     seed: int = 0, epochs: int | None = None, progress: bool = True,
+                     cache_dir: Path | None = None) -> ModelFacts:
     """Train on the split's database and export to ``repo_dir/<model_name>``; return the facts."""
-    result = train(split, bits=bits, seed=seed, epochs=epochs, progress=progress)
+    result = train(split, bits=bits, seed=seed, epochs=epochs, cache_dir=cache_dir, progress=progress)
     path = export_model(result.model, result.facts, Path(repo_dir), model_name)
     return load_facts_from_onnx(path)
 

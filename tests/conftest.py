@@ -29,7 +29,7 @@ def redis_client(redis_server: RedisServer):
 
 
 @pytest.fixture(scope="session")
-def ucm_subset():  # noqa: ANN201
+def ucm_subset():
     """A small real UC Merced split: 8 database + 2 query images per class (21 classes)."""
     from orbithash.data import load_split
 
@@ -39,7 +39,7 @@ def ucm_subset():  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path:  # noqa: ANN001
+def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path:
     """A model repository with a small real model trained here (32 bits, few epochs)."""
     from orbithash.train import train_and_export
 
@@ -49,7 +49,7 @@ def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path: 
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory, trained_repo: Path):  # noqa: ANN201
+def cluster(tmp_path_factory: pytest.TempPathFactory, trained_repo: Path):
     """The real cluster: redis-server, tritonserver, encoder, two shards, gateway."""
     from orbithash.local.cluster import Cluster, ClusterConfig
 

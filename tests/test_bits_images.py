@@ -41,7 +41,7 @@ def test_formats_decode_to_rgb() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     np.testing.assert_array_equal(decode_image(_encode(rgb, "PNG")), rgb)
     np.testing.assert_array_equal(decode_image(_encode(rgb, "TIFF")), rgb)
-    smooth = np.stack(np.meshgrid(np.arange(30) * 8, np.arange(20) * 12) + [np.full((20, 30), 90)], axis=2)
+    smooth = np.stack([*np.meshgrid(np.arange(30) * 8, np.arange(20) * 12), np.full((20, 30), 90)], axis=2)
     smooth = smooth.astype(np.uint8)
     jpeg = decode_image(_encode(smooth, "JPEG", quality=95))
     assert jpeg.shape == (20, 30, 3) and np.abs(jpeg.astype(int) - smooth).mean() < 3

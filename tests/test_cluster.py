@@ -20,7 +20,7 @@ from orbithash.v1 import orbithash_pb2_grpc as rpc
 
 
 @pytest.fixture(scope="module")
-def gateway(cluster: Cluster):  # noqa: ANN201
+def gateway(cluster: Cluster):
     assert cluster.gateway is not None
     with grpc.insecure_channel(cluster.gateway.address) as channel:
         yield rpc.GatewayStub(channel)

@@ -1,0 +1,92 @@
+"""Turn the CPU Triton config written by ``orbithash train`` into the GPU one for the same model.onnx.
+
+    python deploy/triton-gpu/make_gpu_config.py model_repository build/triton-repo \\
+        [--model orbithash] [--index-env deploy/k8s/base/model-facts.env]
+
+Reads ``<source>/<model>/config.pbtxt`` and writes into ``<target>/<model>/``:
+``config.pbtxt`` (onnxruntime_onnx on GPU with TensorRT, from config.pbtxt.template),
+``configs/cpu.pbtxt`` (the same on CPU, picked by ``tritonserver --model-config-name=cpu``)
+and a copy of ``1/model.onnx``. Name, input, output and the model's ``parameters`` (its facts)
+are kept line for line; only the serving lines are replaced. ``--index-env`` also writes the
+model version and bits the index shards must be started with. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from string import Template
+
+TEMPLATE = Path(__file__).with_name("config.pbtxt.template")
+CPU_CONFIG_NAME = "cpu"  # --model-config-name used by deploy/k8s/overlays/cpu
+REPLACED = ("backend:", "max_batch_size:", "dynamic_batching", "instance_group")
+INPUT = re.compile(r'\{ name: "(?P<name>\w+)" data_type: TYPE_FP32 dims: \[ 3, (?P<size>\d+), (?P=size) \] \}')
+GPU_ONLY = re.compile(r"^# gpu-only: begin.*?^# gpu-only: end\n", re.M | re.S)
+
+
+def gpu_config(cpu_config: str) -> str:
+    """The GPU config.pbtxt for the model described by an exported (python backend) config."""
+    lines = cpu_config.splitlines()
+    found = [next((i for i, line in enumerate(lines) if line.startswith(key)), None) for key in REPLACED]
+    if None in found:
+        raise ValueError(f"not a config written by `orbithash train`: it lacks one of {REPLACED}")
+    match = INPUT.search(cpu_config)
+    if match is None:
+        raise ValueError("no input of shape [3, S, S] in the config")
+    block = Template(TEMPLATE.read_text()).substitute(INPUT_NAME=match["name"], INPUT_SIZE=match["size"])
+    kept = [line for i, line in enumerate(lines) if i not in found]
+    kept.insert(min(found), block.rstrip("\n"))  # type: ignore[type-var]
+    return "\n".join(kept) + "\n"
+
+
+def cpu_variant(gpu: str) -> str:
+    """The same config on a CPU instance, without the GPU accelerator."""
+    return GPU_ONLY.sub("", gpu).replace("kind: KIND_GPU", "kind: KIND_CPU")
+
+
+def parameter(config: str, key: str) -> str:
+    """A ``parameters`` string value, unescaped (the facts are JSON inside pbtxt strings)."""
+    match = re.search(rf'parameters {{ key: "{re.escape(key)}" value: {{ string_value: "((?:[^"\\]|\\.)*)" }} }}',
+                      config)
+    if match is None:
+        raise ValueError(f"the config has no parameter {key!r}")
+    return ast.literal_eval(f'b"{match[1]}"').decode()
+
+
+def index_env(config: str) -> str:
+    """The index shards' model facts: they refuse codes of any other model version or length."""
+    version, bits = (json.loads(parameter(config, f"orbithash.{k}")) for k in ("version", "bits"))
+    return f"ORBITHASH_INDEX_MODEL_VERSION={version}\nORBITHASH_INDEX_BITS={int(bits)}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="model repository written by `orbithash train`")
+    parser.add_argument("target", type=Path, help="model repository to write the GPU variant into")
+    parser.add_argument("--model", default="orbithash", help="model name (its folder in the repository)")
+    parser.add_argument("--index-env", type=Path, help="also write ORBITHASH_INDEX_MODEL_VERSION/BITS here")
+    args = parser.parse_args(argv)
+    src, dst = args.source / args.model, args.target / args.model
+    if src.resolve() == dst.resolve():
+        parser.error("target must differ from source: the CPU config is still used by `orbithash up`")
+    text = (src / "config.pbtxt").read_text()
+    gpu = gpu_config(text)
+    (dst / "configs").mkdir(parents=True, exist_ok=True)
+    (dst / "config.pbtxt").write_text(gpu)
+    (dst / "configs" / f"{CPU_CONFIG_NAME}.pbtxt").write_text(cpu_variant(gpu))
+    if (src / "1" / "model.onnx").is_file():
+        (dst / "1").mkdir(exist_ok=True)
+        shutil.copyfile(src / "1" / "model.onnx", dst / "1" / "model.onnx")
+    if args.index_env:
+        args.index_env.write_text(index_env(text))
+    print(f"wrote {dst / 'config.pbtxt'} and {dst / 'configs' / CPU_CONFIG_NAME}.pbtxt", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

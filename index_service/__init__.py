@@ -1,0 +1,1 @@
+"""Index shard service: one process per shard, Redis as the system of record, an in-memory mirror."""

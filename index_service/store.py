@@ -1,0 +1,328 @@
+"""Redis as the system of record for one index shard.
+
+Every key of a shard carries the hash tag ``{shard-N}``, so a Redis Cluster keeps the shard on one
+node and its Lua scripts (which touch several keys) stay legal. Codes and labels live in two
+binary strings addressed by slot (SETRANGE), which a restart reads back with two GETs; the
+id <-> slot maps are hashes. Writes are Lua scripts that check everything before their first
+write, because Redis does not roll a script back when it fails half-way. The layout is
+documented in docs/redis-layout.md.
+
+The client is built by the caller (with its retry policy, e.g. ``Retry(ExponentialBackoff(), 3)``);
+this class only issues commands and turns Redis failures into OrbitHash errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import redis
+
+from orbithash import InvalidInput, Mismatch, OrbitHashError, Unavailable
+from orbithash.bits import code_bytes as _code_bytes
+
+_LABEL_NONE = -1
+_SCAN_CHUNK = 20_000  # slot_to_id entries per HSCAN round trip in load()
+
+# Shared by the scripts: KEYS = meta, codes, labels, slot_to_id, id_to_slot, free, next_slot;
+# ARGV[1..3] = bits, model_version, code_bytes. A shard written by another model is refused.
+_CHECK_META = """
+local meta = redis.call('HMGET', KEYS[1], 'bits', 'model_version', 'code_bytes')
+if not meta[1] then
+  return redis.error_reply('ORBITHASH_MISMATCH shard is not claimed (no meta hash)')
+end
+if meta[1] ~= ARGV[1] or meta[2] ~= ARGV[2] or meta[3] ~= ARGV[3] then
+  return redis.error_reply('ORBITHASH_MISMATCH shard holds ' .. meta[1] .. '-bit codes of model '
+    .. tostring(meta[2]))
+end
+local cb = tonumber(ARGV[3])
+"""
+
+# ARGV[4] = n codes concatenated, ARGV[5] = n int32 little-endian labels, ARGV[6..] = n ids.
+# Returns {existing, slots packed as uint32 little-endian}: one bulk string parses fast.
+_UPSERT = _CHECK_META + """
+local codes, labels = ARGV[4], ARGV[5]
+local n = #ARGV - 5
+if #codes ~= n * cb then
+  return redis.error_reply('ORBITHASH_INVALID ' .. #codes .. ' code bytes for ' .. n .. ' ids of '
+    .. cb .. ' bytes')
+end
+if #labels ~= n * 4 then
+  return redis.error_reply('ORBITHASH_INVALID ' .. #labels .. ' label bytes for ' .. n .. ' ids')
+end
+-- Validation done: from here on every command is a plain write that cannot fail on its input.
+local slot_of, existing, fresh = {}, 0, {}
+for c = 1, n, 1000 do
+  local last = math.min(c + 999, n)
+  local found = redis.call('HMGET', KEYS[5], unpack(ARGV, 5 + c, 5 + last))
+  for j = 1, last - c + 1 do
+    local id = ARGV[4 + c + j]
+    if slot_of[id] == nil then
+      if found[j] then
+        slot_of[id] = tonumber(found[j])
+        existing = existing + 1
+      else
+        slot_of[id] = false
+        fresh[#fresh + 1] = id
+      end
+    end
+  end
+end
+local reused = {}
+if #fresh > 0 then
+  reused = redis.call('RPOP', KEYS[6], #fresh) or {}
+end
+local top = 0
+if #fresh > #reused then
+  top = redis.call('INCRBY', KEYS[7], #fresh - #reused) - (#fresh - #reused)
+end
+local pairs_slot, pairs_id = {}, {}
+for f = 1, #fresh do
+  local slot
+  if f <= #reused then slot = tonumber(reused[f]) else slot = top + f - #reused - 1 end
+  slot_of[fresh[f]] = slot
+  pairs_slot[#pairs_slot + 1] = slot
+  pairs_slot[#pairs_slot + 1] = fresh[f]
+  pairs_id[#pairs_id + 1] = fresh[f]
+  pairs_id[#pairs_id + 1] = slot
+  if #pairs_slot >= 1000 or f == #fresh then
+    redis.call('HSET', KEYS[4], unpack(pairs_slot))
+    redis.call('HSET', KEYS[5], unpack(pairs_id))
+    pairs_slot, pairs_id = {}, {}
+  end
+end
+-- Write codes and labels in runs of consecutive slots (fresh inserts are one run). Input order
+-- is kept, so of two writes to one id the later wins.
+local out = {}
+local i = 1
+while i <= n do
+  local first = slot_of[ARGV[5 + i]]
+  local j = i
+  while j < n and slot_of[ARGV[6 + j]] == first + (j - i + 1) do j = j + 1 end
+  redis.call('SETRANGE', KEYS[2], first * cb, string.sub(codes, (i - 1) * cb + 1, j * cb))
+  redis.call('SETRANGE', KEYS[3], first * 4, string.sub(labels, (i - 1) * 4 + 1, j * 4))
+  for s = i, j do out[s] = struct.pack('<I4', first + s - i) end
+  i = j + 1
+end
+return {existing, table.concat(out)}
+"""
+
+# ARGV[4..] = distinct ids. Returns one 0/1 per id (1 = deleted).
+_DELETE = _CHECK_META + """
+local zero, none = string.rep('\\0', cb), struct.pack('<i4', -1)
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local slot = redis.call('HGET', KEYS[5], id)
+  if slot then
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('HDEL', KEYS[4], slot)
+    -- Blank the slot so that nothing read from the strings can bring the item back.
+    redis.call('SETRANGE', KEYS[2], tonumber(slot) * cb, zero)
+    redis.call('SETRANGE', KEYS[3], tonumber(slot) * 4, none)
+    redis.call('RPUSH', KEYS[6], slot)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# Same KEYS/ARGV as _CHECK_META. Returns {'ok'} or {'mismatch', bits, model_version, items}.
+_CLAIM = """
+local meta = redis.call('HMGET', KEYS[1], 'bits', 'model_version', 'code_bytes')
+if meta[1] == ARGV[1] and meta[2] == ARGV[2] and meta[3] == ARGV[3] then
+  return {'ok'}
+end
+local items = redis.call('HLEN', KEYS[5])
+if items > 0 then
+  return {'mismatch', meta[1] or '', meta[2] or '', items}
+end
+-- Empty shard, absent or other meta: start a fresh layout for this model.
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
+redis.call('HSET', KEYS[1], 'bits', ARGV[1], 'model_version', ARGV[2], 'code_bytes', ARGV[3])
+return {'ok'}
+"""
+
+# One HSCAN chunk of slot_to_id as one string: redis-py's pure-Python parser costs microseconds
+# per reply element, so 1M slot/id pairs as 2M elements take seconds. Ids are UTF-8, which never
+# contains byte 0xFF, so 0xFF separates the fields unambiguously.
+# KEYS[1] = slot_to_id; ARGV = cursor, count. Returns {cursor, slot 0xFF id 0xFF slot ...}.
+_SCAN_IDS = """
+local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+return {reply[1], table.concat(reply[2], '\\255')}
+"""
+
+# Errors that mean "Redis cannot serve this now", not "the request is wrong".
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
+                redis.exceptions.ReadOnlyError, redis.exceptions.ClusterDownError,
+                redis.exceptions.TryAgainError)
+
+
+class ShardStore:
+    """Durable codes, labels and ids of one shard, written atomically by Lua scripts."""
+
+    def __init__(self, client: redis.Redis, shard: int, bits: int, model_version: str,
+                 namespace: str = "orbithash") -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise InvalidInput("ShardStore needs a Redis client with decode_responses=False: codes are binary")
+        if not 8 <= bits <= 256:
+            raise InvalidInput(f"bits must be in 8..256, got {bits}")
+        if not model_version:
+            raise InvalidInput("model_version must not be empty")
+        self._client = client
+        self.shard = shard
+        self.bits = bits
+        self.model_version = model_version
+        self.code_bytes = _code_bytes(bits)
+        prefix = f"{namespace}:{{shard-{shard}}}"
+        self.keys = {name: f"{prefix}:{name}" for name in
+                     ("meta", "codes", "labels", "slot_to_id", "id_to_slot", "free", "next_slot")}
+        self._key_list = list(self.keys.values())
+        self._meta_args = [str(bits), model_version, str(self.code_bytes)]
+        self._upsert = client.register_script(_UPSERT)
+        self._delete = client.register_script(_DELETE)
+        self._claim = client.register_script(_CLAIM)
+        self._scan_ids = client.register_script(_SCAN_IDS)
+
+    @contextmanager
+    def _redis(self, action: str) -> Iterator[None]:
+        """One place that turns Redis failures into OrbitHash errors (and so into gRPC codes)."""
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"shard {self.shard}: Redis unavailable while {action}: {exc}") from exc
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if "ORBITHASH_MISMATCH" in text:
+                raise Mismatch(f"shard {self.shard}: {text.split('ORBITHASH_MISMATCH', 1)[1].strip()}; "
+                               f"this service runs {self.bits}-bit codes of model "
+                               f"{self.model_version!r}") from exc
+            if "ORBITHASH_INVALID" in text:
+                raise InvalidInput(f"shard {self.shard}: {text.split('ORBITHASH_INVALID', 1)[1].strip()}") from exc
+            raise
+
+    def claim(self) -> None:
+        """Bind the shard's keys to this model; refuse a shard that holds another model's codes."""
+        with self._redis("claiming the shard"):
+            reply = self._claim(keys=self._key_list, args=self._meta_args)
+        if reply[0] == b"mismatch":
+            bits, version, items = reply[1].decode(), reply[2].decode(), int(reply[3])
+            held = f"{bits}-bit codes of model {version!r}" if bits else "items without meta"
+            raise Mismatch(f"shard {self.shard} ({self.keys['meta']}) holds {items} {held}; this service runs "
+                           f"{self.bits}-bit codes of model {self.model_version!r}. Delete the shard's keys "
+                           f"or point the service at another namespace before re-encoding.")
+
+    def upsert(self, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
+        """Insert or replace items atomically; returns (slot per input id, ids that already existed).
+
+        An id keeps its slot when replaced; a new id takes a freed slot before a new one. If an id
+        repeats within the call the last occurrence wins and every occurrence reports its slot.
+        The existing count is of distinct ids. Retrying after a lost reply is safe: it rewrites
+        the same slots (the existing count then includes the ids written by the first try).
+        """
+        n = len(ids)
+        codes = self._check_codes(codes, n)
+        label_blob = self._check_labels(labels, n)
+        self._check_ids(ids)
+        if n == 0:
+            return np.empty(0, np.int64), 0
+        with self._redis("writing items"):
+            existing, packed = self._upsert(keys=self._key_list,
+                                            args=[*self._meta_args, codes.tobytes(), label_blob, *ids])
+        return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
+
+    def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Delete items atomically; returns (deleted, missing), each id once, in input order."""
+        self._check_ids(ids)
+        distinct = list(dict.fromkeys(ids))
+        if not distinct:
+            return [], []
+        with self._redis("deleting items"):
+            flags = self._delete(keys=self._key_list, args=[*self._meta_args, *distinct])
+        deleted = [i for i, f in zip(distinct, flags, strict=True) if f]
+        missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
+        return deleted, missing
+
+    def count(self) -> int:
+        """Live items in the shard."""
+        with self._redis("counting items"):
+            return int(self._client.hlen(self.keys["id_to_slot"]))
+
+    def load(self, progress: Callable[[int, int], None] | None = None
+             ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """Every live item as (slots, ids, codes (n, code_bytes) uint8, labels int32), by slot.
+
+        Reads the ids in HSCAN chunks (no multi-second block of Redis) and codes and labels
+        with one GET each. Meant for start-up, before this shard's process accepts writes: a
+        write racing with the scan could be missed by the mirror (never by Redis).
+        """
+        keys = self.keys
+        with self._redis("loading the shard"):
+            meta = self._client.hmget(keys["meta"], "bits", "model_version", "code_bytes")
+            if meta[0] is not None and [m.decode() for m in meta] != self._meta_args:
+                raise Mismatch(f"shard {self.shard} holds {meta[0].decode()}-bit codes of model "
+                               f"{meta[1].decode()!r}; this service runs {self.bits}-bit codes of model "
+                               f"{self.model_version!r}")
+            total = int(self._client.hlen(keys["slot_to_id"]))
+            slot_parts: list[np.ndarray] = []
+            id_parts: list[list[str]] = []
+            done = 0
+            cursor = b"0"
+            while True:
+                cursor, blob = self._scan_ids(keys=[keys["slot_to_id"]], args=[cursor, _SCAN_CHUNK])
+                if blob:
+                    fields = blob.split(b"\xff")
+                    slot_parts.append(np.fromstring(b" ".join(fields[0::2]), dtype=np.int64, sep=" "))
+                    id_parts.append(list(map(bytes.decode, fields[1::2])))
+                    done += len(id_parts[-1])
+                if progress is not None:
+                    progress(min(done, total), total)
+                if cursor == b"0":
+                    break
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(keys["codes"])
+            pipe.get(keys["labels"])
+            code_blob, label_blob = pipe.execute()
+        all_slots = np.concatenate(slot_parts) if slot_parts else np.empty(0, np.int64)
+        all_ids = [i for part in id_parts for i in part]
+        # HSCAN may return an entry twice while the hash is rehashing: keep each slot once.
+        slots, first = np.unique(all_slots, return_index=True)
+        ids = [all_ids[i] for i in first.tolist()]
+        code_blob, label_blob = code_blob or b"", label_blob or b""
+        if len(slots) and (len(code_blob) < (slots[-1] + 1) * self.code_bytes
+                           or len(label_blob) < (slots[-1] + 1) * 4):
+            raise OrbitHashError(f"shard {self.shard}: slot {slots[-1]} lies beyond the stored codes/labels "
+                                 f"({len(code_blob)} and {len(label_blob)} bytes); the Redis data is damaged")
+        all_codes = np.frombuffer(code_blob, np.uint8)
+        all_codes = all_codes[: len(all_codes) // self.code_bytes * self.code_bytes].reshape(-1, self.code_bytes)
+        all_labels = np.frombuffer(label_blob[: len(label_blob) // 4 * 4], "<i4")
+        return slots, ids, all_codes[slots], all_labels[slots].astype(np.int32)
+
+    def _check_codes(self, codes: np.ndarray, n: int) -> np.ndarray:
+        arr = np.asarray(codes)
+        if arr.dtype != np.uint8 or arr.shape != (n, self.code_bytes):
+            raise InvalidInput(f"codes must be uint8 of shape ({n}, {self.code_bytes}) for {self.bits}-bit "
+                               f"codes, got {arr.dtype} {arr.shape}")
+        spare = self.code_bytes * 8 - self.bits
+        if spare and n and np.any(arr[:, -1] & np.uint8((1 << spare) - 1)):
+            raise InvalidInput(f"codes: the {spare} padding bits after bit {self.bits} must be zero")
+        return np.ascontiguousarray(arr)
+
+    @staticmethod
+    def _check_labels(labels: np.ndarray, n: int) -> bytes:
+        arr = np.asarray(labels)
+        if arr.shape != (n,) or (n and arr.dtype.kind not in "iu"):
+            raise InvalidInput(f"labels must be {n} integers, got {arr.dtype} {arr.shape}")
+        if n and (arr.min() < _LABEL_NONE or arr.max() > np.iinfo(np.int32).max):
+            raise InvalidInput(f"labels must be in {_LABEL_NONE}..{np.iinfo(np.int32).max} (-1 = none)")
+        return arr.astype("<i4").tobytes()
+
+    @staticmethod
+    def _check_ids(ids: Sequence[str]) -> None:
+        for i, item_id in enumerate(ids):
+            if not isinstance(item_id, str) or not item_id:
+                raise InvalidInput(f"id {i} must be a non-empty string, got {item_id!r}")
+

@@ -1,0 +1,270 @@
+"""HammingIndex against a brute-force numpy reference (unpackbits), on random and clustered codes."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from orbithash import InvalidInput, hamming
+from orbithash.hamming import HammingIndex
+
+BITS = [8, 12, 24, 48, 64, 100, 256]
+
+
+def random_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    return np.packbits(rng.integers(0, 2, (n, bits), dtype=np.uint8), axis=1)
+
+
+def clustered_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    """Few centres, each item a centre with 0–2 flipped bits: many exact duplicates and ties."""
+    centres = rng.integers(0, 2, (4, bits), dtype=np.uint8)
+    signs = centres[rng.integers(0, 4, n)]
+    for _ in range(2):
+        flip = rng.random(n) < 0.5
+        signs[flip, rng.integers(0, bits, int(flip.sum()))] ^= 1
+    return np.packbits(signs, axis=1)
+
+
+def shuffled_ids(rng: np.random.Generator, n: int) -> list[str]:
+    """Ids whose string order differs from slot order, so tie-breaking by id is observable."""
+    return [f"item-{v}" for v in rng.permutation(n * 7)[:n].tolist()]
+
+
+def reference(items: dict[str, tuple[np.ndarray, int]], query: np.ndarray, bits: int, k: int,
+              max_distance: int | None = None, label: int | None = None) -> list[tuple[str, int, int]]:
+    """Brute force: every distance by unpackbits, filter, full sort by (distance, id)."""
+    rows = []
+    q = np.unpackbits(query, count=bits)
+    for item_id, (code, lab) in items.items():
+        d = int(np.count_nonzero(np.unpackbits(code, count=bits) != q))
+        if (max_distance is None or d <= max_distance) and (label is None or lab == label):
+            rows.append((item_id, d, lab))
+    return sorted(rows, key=lambda r: (r[1], r[0]))[:k]
+
+
+def fill(bits: int, n: int, kind: str, seed: int = 0, **kw: int
+         ) -> tuple[HammingIndex, dict[str, tuple[np.ndarray, int]], np.random.Generator]:
+    rng = np.random.default_rng(seed)
+    make = random_codes if kind == "random" else clustered_codes
+    codes = make(rng, n, bits)
+    ids = shuffled_ids(rng, n)
+    labels = rng.integers(-1, 3, n).astype(np.int32)
+    index = HammingIndex(bits, capacity=kw.get("capacity", 16), threads=kw.get("threads"))
+    slots = rng.permutation(n + 10)[:n]  # sparse, unordered slots as a store after deletes
+    index.put(slots, ids, codes, labels)
+    items = {i: (c, int(lab)) for i, c, lab in zip(ids, codes, labels, strict=True)}
+    return index, items, rng
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("bits", BITS)
+def test_search_equals_brute_force(bits: int, kind: str) -> None:
+    n = 400
+    index, items, rng = fill(bits, n, kind, seed=bits)
+    queries = np.concatenate([random_codes(rng, 3, bits), items[next(iter(items))][0][None]])
+    for k in (1, 7, 50, n + 25):  # k larger than n returns every item
+        got = index.search(queries, k)
+        assert got == [reference(items, q, bits, k) for q in queries], (bits, kind, k)
+    assert len(index.search(queries[:1], n + 25)[0]) == n
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("bits", BITS)
+def test_radius_and_label_filters(bits: int, kind: str) -> None:
+    index, items, rng = fill(bits, 300, kind, seed=100 + bits)
+    queries = random_codes(rng, 2, bits)
+    radius = bits // 3
+    for q, got in zip(queries, index.search(queries, 20, max_distance=radius), strict=True):
+        assert got == reference(items, q, bits, 20, max_distance=radius)
+        assert all(d <= radius for _, d, _ in got)
+    for label in (-1, 0, 2, 99):
+        for q, got in zip(queries, index.search(queries, 15, label=label), strict=True):
+            assert got == reference(items, q, bits, 15, label=label)
+            assert all(lab == label for _, _, lab in got)
+    combined = index.search(queries, 1000, max_distance=radius + 2, label=1)
+    assert combined == [reference(items, q, bits, 1000, max_distance=radius + 2, label=1) for q in queries]
+    assert index.search(queries, 5, max_distance=0) == [reference(items, q, bits, 5, 0) for q in queries]
+
+
+def test_ties_are_broken_by_id_not_by_slot() -> None:
+    index = HammingIndex(64)
+    code = np.full((1, 8), 0xAB, np.uint8)
+    ids = ["m", "b", "z", "a", "k"]
+    index.put(np.arange(5), ids, np.repeat(code, 5, axis=0), np.zeros(5, np.int32))
+    assert [i for i, _, _ in index.search(code, 3)[0]] == ["a", "b", "k"]
+    assert [i for i, _, _ in index.search(code, 10)[0]] == sorted(ids)
+
+
+def test_huge_tie_group_at_the_cut_is_narrowed_exactly() -> None:
+    """Thousands of equal codes: the kernel returns all of them, ranking keeps the k smallest ids."""
+    rng = np.random.default_rng(5)
+    n = 5000
+    codes = np.repeat(random_codes(rng, 1, 48), n, axis=0)
+    codes[:3, 0] ^= 0x80  # three items at distance 1 from the rest
+    ids = shuffled_ids(rng, n)
+    index = HammingIndex(48)
+    index.put(np.arange(n), ids, codes, np.zeros(n, np.int32))
+    got = index.search(codes[3:4], 12)[0]
+    assert [d for _, d, _ in got] == [0] * 12
+    assert [i for i, _, _ in got] == sorted(ids[3:])[:12]
+    near = index.search(codes[:1], 5)[0]  # the three flipped items, then the two smallest others
+    assert [(i, d) for i, d, _ in near] == [(i, 0) for i in sorted(ids[:3])] + [(i, 1) for i in sorted(ids[3:])[:2]]
+
+
+def test_removed_items_are_never_returned() -> None:
+    index, items, rng = fill(64, 200, "clustered", seed=7)
+    gone = list(items)[::3]
+    assert index.remove([*gone, "never-there"]) == gone
+    assert index.remove(gone) == []
+    for i in gone:
+        del items[i]
+    assert len(index) == len(items)
+    queries = random_codes(rng, 4, 64)
+    got = index.search(queries, 500)
+    assert got == [reference(items, q, 64, 500) for q in queries]
+    assert not {i for hits in got for i, _, _ in hits} & set(gone)
+    assert index.get(gone[0]) is None
+
+
+def test_moved_id_frees_its_old_slot_and_slot_takeover_drops_the_old_id() -> None:
+    index = HammingIndex(12)
+    a, b, c = np.array([[0xFF, 0xF0]], np.uint8), np.array([[0x00, 0x00]], np.uint8), np.array([[0x0F, 0x00]], np.uint8)
+    index.put(np.array([3]), ["x"], a, np.array([1]))
+    index.put(np.array([7]), ["x"], b, np.array([2]))  # x moves: slot 3 must not answer any more
+    assert index.get("x") == (b.tobytes(), 2)
+    assert index.search(a, 10) == [[("x", 12, 2)]]
+    index.put(np.array([7]), ["y"], c, np.array([3]))  # the store gave slot 7 to y: x is gone
+    assert "x" not in index and len(index) == 1
+    assert index.search(c, 10) == [[("y", 0, 3)]]
+
+
+def test_repeated_id_in_one_put_last_wins() -> None:
+    index = HammingIndex(16)
+    codes = np.array([[1, 0], [2, 0], [4, 0]], np.uint8)
+    index.put(np.array([0, 1, 0]), ["p", "q", "p"], codes, np.array([5, 6, 7]))
+    assert index.get("p") == (bytes([4, 0]), 7)
+    assert len(index) == 2
+
+
+def test_grows_from_tiny_capacity_to_far_slots() -> None:
+    index = HammingIndex(24, capacity=1)
+    rng = np.random.default_rng(2)
+    codes = random_codes(rng, 3, 24)
+    index.put(np.array([0, 5000, 70]), ["a", "b", "c"], codes, np.array([0, 1, 2]))
+    assert index.capacity >= 5001
+    assert sorted(i for i, _, _ in index.search(codes[:1], 5)[0]) == ["a", "b", "c"]
+    assert index.get("b") == (codes[1].tobytes(), 1)
+
+
+def test_empty_index_and_empty_batch() -> None:
+    index = HammingIndex(64)
+    q = np.zeros((2, 8), np.uint8)
+    assert index.search(q, 3) == [[], []]
+    assert index.search(np.zeros((0, 8), np.uint8), 3) == []
+    assert len(index) == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bits", [64, 100])
+def test_large_shard_batches_and_split_scans(bits: int, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough slots for many threshold updates, buffer growth, block tails and thread splits."""
+    monkeypatch.setattr(hamming, "_SPLIT_WORDS", 1)  # force the slot-range split for one query
+    rng = np.random.default_rng(bits + threads)
+    n = 120_003
+    codes = np.concatenate([random_codes(rng, n - 3000, bits), clustered_codes(rng, 3000, bits)])
+    ids = [f"{v:07d}" for v in rng.permutation(n)]
+    labels = rng.integers(0, 4, n).astype(np.int32)
+    index = HammingIndex(bits, threads=threads)
+    index.put(np.arange(n), ids, codes, labels)
+    index.remove(ids[::5])
+    live = np.ones(n, bool)
+    live[::5] = False
+    queries = np.concatenate([random_codes(rng, 5, bits), codes[-3:]])
+    bit_table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
+    id_arr = np.array(ids)
+    for k, radius, label in ((10, None, None), (300, None, 2), (2000, bits // 3, None)):
+        got = index.search(queries, k, radius, label)
+        for q, hits in zip(queries, got, strict=True):
+            dist = bit_table[codes ^ q].sum(1)
+            keep = live & (dist <= (bits if radius is None else radius))
+            if label is not None:
+                keep &= labels == label
+            order = np.lexsort((id_arr[keep], dist[keep]))[:k]
+            expect = list(zip(id_arr[keep][order].tolist(), dist[keep][order].tolist(),
+                              labels[keep][order].tolist(), strict=True))
+            assert hits == expect
+        assert index.search(queries[:1], k, radius, label) == got[:1]  # single query path agrees
+
+
+def test_get_returns_code_and_label() -> None:
+    index = HammingIndex(100)
+    code = np.packbits(np.arange(100) % 3 == 0)[None]
+    index.put(np.array([4]), ["s"], code, np.array([9]))
+    assert index.get("s") == (code.tobytes(), 9)
+    assert index.get("t") is None
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(InvalidInput):
+        HammingIndex(7)
+    with pytest.raises(InvalidInput):
+        HammingIndex(257)
+    index = HammingIndex(12)
+    good = np.zeros((1, 2), np.uint8)
+    with pytest.raises(InvalidInput, match="shape"):
+        index.search(np.zeros((1, 3), np.uint8), 1)
+    with pytest.raises(InvalidInput, match="padding"):
+        index.search(np.array([[0, 0x01]], np.uint8), 1)  # bit 16 of a 12-bit code
+    with pytest.raises(InvalidInput, match="padding"):
+        index.put(np.array([0]), ["a"], np.array([[0, 0x08]], np.uint8), np.array([0]))
+    with pytest.raises(InvalidInput, match="k must"):
+        index.search(good, 0)
+    with pytest.raises(InvalidInput, match="max_distance"):
+        index.search(good, 1, max_distance=-1)
+    with pytest.raises(InvalidInput):
+        index.put(np.array([0, 1]), ["a"], np.zeros((2, 2), np.uint8), np.zeros(2))
+    with pytest.raises(InvalidInput):
+        index.put(np.array([-1]), ["a"], good, np.zeros(1))
+    assert len(index) == 0
+
+
+def test_searches_run_while_writes_go_on() -> None:
+    """Readers and a writer (which grows the arrays) interleave without errors; the end state is exact."""
+    index = HammingIndex(64, capacity=2)
+    expected: set[str] = set()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    code = np.zeros((1, 8), np.uint8)
+
+    def writer() -> None:
+        for i in range(3000):
+            index.put(np.array([i]), [f"w{i}"], code, np.array([0]))
+            expected.add(f"w{i}")
+            if i % 3 == 0:
+                expected.discard(f"w{i - 1}")
+                index.remove([f"w{i - 1}"])
+        stop.set()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for i, d, _ in index.search(code, 50)[0]:
+                    assert i.startswith("w") and d == 0
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(index) == len(expected) == 2001
+    assert {i for i, _, _ in index.search(code, 5000)[0]} == expected
+
+
+def test_warm_up_compiles_the_kernel() -> None:
+    hamming.warm_up()
+    assert hamming._scan_many.signatures  # compiled (or loaded from the numba cache)

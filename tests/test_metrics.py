@@ -1,0 +1,64 @@
+"""Retrieval metrics on hand-worked rankings, ties included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orbithash.metrics import accuracy, average_precision, hamming_distances, mean_average_precision
+
+# One-byte codes. Query 0b00000000 (label 1) is at distance 0, 2, 1, 1 from the database items.
+DB_CODES = np.array([[0b00000000], [0b00000011], [0b00000001], [0b10000000]], np.uint8)
+DB_LABELS = np.array([1, 1, 0, 1])
+QUERY = np.array([[0b00000000]], np.uint8)
+
+
+def test_average_precision_by_hand() -> None:
+    assert average_precision(np.array([0, 1, 0, 1])) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert average_precision(np.array([1, 1, 0, 0])) == 1.0
+    assert average_precision(np.array([0, 0, 0])) == 0.0
+    assert average_precision(np.array([], np.uint8)) == 0.0
+
+
+def test_ties_are_broken_by_database_order() -> None:
+    # Stable ranking: item 0 (d 0), items 2 and 3 (d 1, in database order), item 1 (d 2):
+    # relevance 1, 0, 1, 1 → AP = (1/1 + 2/3 + 3/4) / 3. Item 3 first among the ties would
+    # give 1, 1, 0, 1 → 0.917.
+    got = mean_average_precision(QUERY, np.array([1]), DB_CODES, DB_LABELS, bits=8)
+    assert got == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+
+
+def test_topk_divides_by_relevant_items_retrieved() -> None:
+    at2 = mean_average_precision(QUERY, np.array([1]), DB_CODES, DB_LABELS, bits=8, topk=2)
+    at3 = mean_average_precision(QUERY, np.array([1]), DB_CODES, DB_LABELS, bits=8, topk=3)
+    assert at2 == pytest.approx(1.0)  # ranked relevance 1, 0
+    assert at3 == pytest.approx((1 + 2 / 3) / 2)  # 1, 0, 1
+
+
+def test_map_averages_queries_and_scores_a_query_without_relevant_items_zero() -> None:
+    queries = np.array([[0b00000000], [0b00000011]], np.uint8)
+    got = mean_average_precision(queries, np.array([1, 7]), DB_CODES, DB_LABELS, bits=8)
+    assert got == pytest.approx(((1 + 2 / 3 + 3 / 4) / 3 + 0.0) / 2)
+
+
+def test_hamming_distances_match_unpacked_bits() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (7, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (11, 3), dtype=np.uint8)
+    ua, ub = np.unpackbits(a, axis=1), np.unpackbits(b, axis=1)
+    expected = (ua[:, None, :] != ub[None, :, :]).sum(axis=2)
+    assert (hamming_distances(a, b) == expected).all()
+
+
+def test_codes_of_the_wrong_width_are_refused() -> None:
+    with pytest.raises(ValueError, match="16 bits"):
+        mean_average_precision(QUERY, np.array([1]), DB_CODES, DB_LABELS, bits=16)
+
+
+def test_accuracy_takes_labels_or_scores() -> None:
+    labels = np.array([0, 2, 1, 1])
+    assert accuracy(np.array([0, 2, 0, 1]), labels) == 0.75
+    scores = np.array([[5, 0, 0], [0, 1, 3], [0, 2, 1], [1, 0, 0]])
+    assert accuracy(scores, labels) == 0.5
+    with pytest.raises(ValueError):
+        accuracy(np.array([0, 1]), labels)
