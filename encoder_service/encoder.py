@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,12 @@ class Encoder:
         self.max_batch = max_batch
         self.max_images = max_images
         self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
+
+    def _infer(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.metrics.batch_size.observe(len(chunk))
+        with self.metrics.inference_seconds.time():
+            return self.backend.infer(chunk)
 
     @property
     def facts(self) -> ModelFacts:
@@ -58,15 +65,10 @@ class Encoder:
             raise ResourceExhausted(f"{len(images)} images in one call, limit {self.max_images}")
         with self.metrics.decode_seconds.time():
             batch = preprocess_batch(images, self.facts)
-        us, logits = [], []
-        for start in range(0, len(batch), self.max_batch):
-            chunk = batch[start:start + self.max_batch]
-            self.metrics.batch_size.observe(len(chunk))
-            with self.metrics.inference_seconds.time():
-                u, lg = self.backend.infer(chunk)
-            us.append(u)
-            logits.append(lg)
-        u = np.concatenate(us)
-        probs = softmax(np.concatenate(logits).astype(np.float64)).astype(np.float32)
+        chunks = [batch[i:i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
+        # Chunks go out concurrently so Triton's dynamic batcher can run them back to back.
+        results = list(self._pool.map(self._infer, chunks)) if len(chunks) > 1 else [self._infer(chunks[0])]
+        u = np.concatenate([r[0] for r in results])
+        probs = softmax(np.concatenate([r[1] for r in results]).astype(np.float64)).astype(np.float32)
         self.metrics.images.inc(len(images))
         return EncodedBatch(pack_signs(u), u, probs, probs.argmax(axis=1))

@@ -226,22 +226,23 @@ class ShardStore:
         n = len(ids)
         codes = self._check_codes(codes, n)
         label_blob = self._check_labels(labels, n)
-        self._check_ids(ids)
+        encoded = self._encode_ids(ids)
         if n == 0:
             return np.empty(0, np.int64), 0
         with self._redis("writing items"):
             existing, packed = self._upsert(keys=self._key_list,
-                                            args=[*self._meta_args, codes.tobytes(), label_blob, *ids])
+                                            args=[*self._meta_args, codes.tobytes(), label_blob, *encoded])
         return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
 
     def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Delete items atomically; returns (deleted, missing), each id once, in input order."""
-        self._check_ids(ids)
+        self._encode_ids(ids)  # validate every id before any is used
         distinct = list(dict.fromkeys(ids))
+        encoded = self._encode_ids(distinct)
         if not distinct:
             return [], []
         with self._redis("deleting items"):
-            flags = self._delete(keys=self._key_list, args=[*self._meta_args, *distinct])
+            flags = self._delete(keys=self._key_list, args=[*self._meta_args, *encoded])
         deleted = [i for i, f in zip(distinct, flags, strict=True) if f]
         missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
         return deleted, missing
@@ -321,8 +322,14 @@ class ShardStore:
         return arr.astype("<i4").tobytes()
 
     @staticmethod
-    def _check_ids(ids: Sequence[str]) -> None:
+    def _encode_ids(ids: Sequence[str]) -> list[bytes]:
+        """UTF-8 ids, encoded here so the client's encoding settings cannot change the keys."""
+        out = []
         for i, item_id in enumerate(ids):
             if not isinstance(item_id, str) or not item_id:
                 raise InvalidInput(f"id {i} must be a non-empty string, got {item_id!r}")
-
+            try:
+                out.append(item_id.encode())
+            except UnicodeEncodeError as exc:
+                raise InvalidInput(f"id {i} is not encodable as UTF-8: {exc}") from exc
+        return out

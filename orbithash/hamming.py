@@ -7,9 +7,9 @@ this mirror obeys them, so a reload from Redis rebuilds exactly the same layout.
 
 The kernel never sorts N distances. It scans blocks of slots, computing distances vectorised
 (LLVM emits VPOPCNTQ/POPCNT for ``llvm.ctpop``), skips a block whose minimum exceeds the running
-threshold, and appends the rest branch-free to a small candidate buffer; when the buffer holds
-2k candidates a 257-bin histogram yields the k-th smallest distance, which becomes the new
-threshold. The result is every slot with distance <= the final k-th smallest distance: few
+threshold, and appends the slots within it to a small candidate buffer; when the buffer holds
+2k candidates a histogram over the distances (at most 257 bins) yields the k-th smallest, which
+becomes the new threshold. The result is every slot with distance <= the final k-th smallest distance: few
 candidates, which Python orders by (distance, id) so ties are deterministic.
 """
 
@@ -33,11 +33,11 @@ from orbithash.bits import code_bytes as _code_bytes
 
 MIN_BITS = 8
 MAX_BITS = 256
-_BLOCK = 256  # slots per block: small enough to skip often, large enough to vectorise well
-_SUB = 32  # slots per sub-block inside a block that holds a candidate
+_BLOCK = 512  # slots per block: small enough to skip often, large enough to vectorise well
 _EXCLUDED = np.int32(1 << 12)  # added to the distance of dead/filtered slots: above any threshold
-# Below this many uint64 words per query the hand-off to a second thread costs more than it saves.
-_SPLIT_WORDS = 1 << 21
+# Below this many uint64 words scanned per call, handing work to another thread costs more than
+# it saves (a hand-off is ~50 us; a scan does ~3 words per ns).
+_SPLIT_WORDS = 1 << 18
 
 Result = list[tuple[str, int, int]]
 
@@ -93,7 +93,8 @@ def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,
           cand_slots, cand_dist, n, limit, dist):
     """Scan from slot i until the buffer holds ``limit`` candidates or the range ends.
 
-    Kept free of array reassignment: numba then keeps the hot loop free of reference counting.
+    Kept free of array reassignment: numba then keeps the hot loop free of reference counting
+    (4x faster here). A block is skipped unless its vectorised minimum reaches the threshold.
     """
     cap = cand_slots.shape[0]
     while i < stop:
@@ -105,18 +106,13 @@ def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,
         lowest = _EXCLUDED
         for j in range(m):
             lowest = min(lowest, dist[j])
-        if lowest <= threshold:
-            for s0 in range(0, m, _SUB):  # a hit is rare: only sub-blocks holding one are appended
-                s1 = min(s0 + _SUB, m)
-                sub_lowest = _EXCLUDED
-                for j in range(s0, s1):
-                    sub_lowest = min(sub_lowest, dist[j])
-                if sub_lowest <= threshold:
-                    for j in range(s0, s1):  # branch-free append: write always, advance on a hit
-                        dj = dist[j]
-                        cand_slots[n] = i + j
-                        cand_dist[n] = dj
-                        n += dj <= threshold
+        if lowest <= threshold:  # rare once the threshold is tight; the branch predicts well
+            for j in range(m):
+                dj = dist[j]
+                if dj <= threshold:
+                    cand_slots[n] = i + j
+                    cand_dist[n] = dj
+                    n += 1
         i += m
     return i, n
 
@@ -158,8 +154,8 @@ def _scan(codes, words, q, live, labels, label, use_label, k, threshold, bits, s
         n, threshold = _tighten(cand_slots, cand_dist, n, k, threshold, bits)
         if i >= stop:
             break
-        if n >= limit:  # ties at the threshold fill the buffer: make room rather than stall
-            limit = n + k
+        if n >= limit:  # ties at the threshold fill the buffer: grow it geometrically
+            limit = 2 * n + k
         if limit + _BLOCK > cand_slots.shape[0]:
             grown_slots = np.empty(2 * (limit + _BLOCK), np.int64)
             grown_slots[:n] = cand_slots[:n]
@@ -192,15 +188,17 @@ def _scan_many(codes, words, queries, live, labels, label, use_label, k, thresho
 
 
 class _ReadWriteLock:
-    """Many concurrent searches, one exclusive writer; a waiting writer blocks new readers."""
+    """Many concurrent searches, one exclusive writer; a waiting writer holds back new readers."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
+        self._writer = False
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
             self._readers += 1
         try:
             yield
@@ -212,9 +210,16 @@ class _ReadWriteLock:
 
     @contextmanager
     def write(self) -> Iterator[None]:
-        with self._cond:  # held throughout: new readers queue behind this writer
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._writer = True  # from here new readers wait
             self._cond.wait_for(lambda: self._readers == 0)
+        try:
             yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -399,15 +404,12 @@ class HammingIndex:
     def _run(self, q: np.ndarray, args: tuple, rest: tuple, end: int, k: int) -> list[Result]:
         """Split the work over threads: by query for batches, by slot range for one big query."""
         nq = q.shape[0]
-        threads = min(self._threads, nq) if nq > 1 else self._threads
-        if nq == 1 and end * self._words < _SPLIT_WORDS:
-            threads = 1
+        threads = 1 if nq * end * self._words < _SPLIT_WORDS else self._threads
         if nq > 1:  # each thread takes a run of queries over all slots
-            cuts = np.linspace(0, nq, threads + 1).astype(np.int64).tolist()
-            jobs = [(q[a:b], 0, end) for a, b in itertools.pairwise(cuts)]
+            threads = min(threads, nq)
+            jobs = [(q[nq * t // threads:nq * (t + 1) // threads], 0, end) for t in range(threads)]
         else:  # each thread takes a range of slots for the one query
-            cuts = np.linspace(0, end, threads + 1).astype(np.int64).tolist()
-            jobs = [(q, a, b) for a, b in itertools.pairwise(cuts)]
+            jobs = [(q, end * t // threads, end * (t + 1) // threads) for t in range(threads)]
         futures = [_shared_pool().submit(_scan_many, *args, part, *rest, a, b) for part, a, b in jobs[1:]]
         part, a, b = jobs[0]
         parts = [_scan_many(*args, part, *rest, a, b)] + [f.result() for f in futures]
@@ -429,13 +431,14 @@ class HammingIndex:
             cut = int(np.partition(dist, k - 1)[k - 1])
             below = dist < cut
             tied = slots[dist == cut].tolist()
-            chosen = heapq.nsmallest(k - int(np.count_nonzero(below)), [(ids[s], s) for s in tied])
-            slots = np.concatenate([slots[below], np.array([s for _, s in chosen], np.int64)])
+            chosen = heapq.nsmallest(k - int(np.count_nonzero(below)), [ids[s] for s in tied])
+            slot_of = self._slot_of
+            slots = np.concatenate([slots[below], np.array([slot_of[i] for i in chosen], np.int64)])
             dist = np.concatenate([dist[below], np.full(len(chosen), cut, np.int32)])
         sl = slots.tolist()
         keyed = sorted(zip(dist.tolist(), [ids[s] for s in sl], sl, strict=True))[:k]
         labels = self._labels[np.array([s for _, _, s in keyed], np.int64)].tolist()
-        return [(i, d, lab) for (d, i, _), lab in zip(keyed, labels, strict=True)]  # type: ignore[misc]
+        return [(i, d, lab) for (d, i, _), lab in zip(keyed, labels, strict=True)]
 
     def _words_of(self, codes: np.ndarray, what: str, n: int | None) -> np.ndarray:
         """Validate (n, code_bytes) uint8 packed codes and pad them to uint64 words."""

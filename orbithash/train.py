@@ -183,8 +183,11 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
     rng = np.random.default_rng(seed)
     x = np.concatenate([features[v] for v in config.views]).astype(np.float32)
     y = np.tile(np.asarray(labels, np.int64), len(config.views))
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
-    xt = torch.from_numpy((x - mean) / std)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    # A channel (almost) constant over the training images carries no signal; folding 1/σ of it
+    # into W would blow up u on any new image that does excite it, so it is dropped instead.
+    scale = np.where(std > 1e-3 * np.median(std), 1.0 / np.maximum(std, 1e-12), 0.0).astype(np.float32)
+    xt = torch.from_numpy((x - mean) * scale)
     yt = torch.from_numpy(y)
     head = HashHead(x.shape[1], bits, num_classes)
     loss_fn = DHCNNLoss(theta_scale=config.theta_scale, beta=config.beta, eta=config.eta)
@@ -216,7 +219,7 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
         torch.set_num_threads(threads)
     head.eval()
     with torch.no_grad():  # u = W (f − μ)/σ + v  =  (W/σ) f + (v − W μ/σ)
-        w = head.hash.weight / torch.from_numpy(std)
+        w = head.hash.weight * torch.from_numpy(scale)
         head.hash.bias -= w @ torch.from_numpy(mean)
         head.hash.weight.copy_(w)
     return head

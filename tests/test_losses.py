@@ -42,7 +42,7 @@ def test_gradient_pulls_similar_codes_together_and_pushes_dissimilar_apart(label
     DHCNNLoss(beta=0.0, eta=0.0)(u, torch.tensor(labels)).backward()
     assert u.grad is not None
     step = -u.grad[0]  # the direction gradient descent moves u_0
-    assert (step @ u[1].detach() > 0) is toward
+    assert bool(step @ u[1].detach() > 0) is toward
 
 
 def test_large_codes_give_finite_loss_and_gradient() -> None:

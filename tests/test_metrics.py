@@ -58,7 +58,18 @@ def test_codes_of_the_wrong_width_are_refused() -> None:
 def test_accuracy_takes_labels_or_scores() -> None:
     labels = np.array([0, 2, 1, 1])
     assert accuracy(np.array([0, 2, 0, 1]), labels) == 0.75
-    scores = np.array([[5, 0, 0], [0, 1, 3], [0, 2, 1], [1, 0, 0]])
+    scores = np.array([[5, 0, 0], [0, 1, 3], [2, 0, 1], [1, 0, 0]])  # argmax 0, 2, 0, 0
     assert accuracy(scores, labels) == 0.5
     with pytest.raises(ValueError):
         accuracy(np.array([0, 1]), labels)
+
+
+def test_long_runs_of_ties_keep_database_order() -> None:
+    # 64 codes at distance 0, 1 or 2 from the query: an unstable sort reorders the long tie runs.
+    rng = np.random.default_rng(1)
+    db_codes = rng.integers(0, 4, (64, 1)).astype(np.uint8)
+    db_labels = rng.integers(0, 2, 64)
+    distance = [bin(int(c)).count("1") for c in db_codes[:, 0]]
+    order = sorted(range(64), key=lambda i: (distance[i], i))
+    got = mean_average_precision(QUERY, np.array([1]), db_codes, db_labels, bits=8)
+    assert got == pytest.approx(average_precision(db_labels[order] == 1))

@@ -149,6 +149,10 @@ def test_a_failing_script_writes_nothing(store: ShardStore, redis_client: redis.
         store.upsert(["c"], codes_for(rng, 1, 48), np.array([-2]))
     with pytest.raises(InvalidInput):
         store.upsert(["", "d"], codes_for(rng, 2, 48), np.array([1, 2]))
+    with pytest.raises(InvalidInput, match="UTF-8"):
+        store.upsert(["ok", "bad\ud800"], codes_for(rng, 2, 48), np.array([1, 2]))
+    with pytest.raises(InvalidInput):
+        store.delete(["b", ""])
     assert snapshot(redis_client) == before
 
 

@@ -19,9 +19,9 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """redis-server with append-only persistence (fsync every second) in ``data_dir``."""
+    """redis-server with append-only persistence (fsync before every reply, so no acknowledged write is lost) in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "everysec") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always") -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
