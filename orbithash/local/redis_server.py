@@ -19,7 +19,7 @@ def redis_server_binary() -> str:
 
 
 class RedisServer:
-    """redis-server with append-only persistence (fsync before every reply, so no acknowledged write is lost) in ``data_dir``."""
+    """redis-server in ``data_dir``, append-only with fsync before each reply: no acknowledged write is lost."""
 
     def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "always") -> None:
         self.data_dir = data_dir
