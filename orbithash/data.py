@@ -21,7 +21,8 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -91,30 +92,30 @@ def load_split(
             return _digits_split(fraction, seed, limit_per_class)
         path = default
     path = Path(path)
-    files, read = _open_source(path)
     name = path.stem.lower() if path.is_file() else path.name.lower()
-    tree = _class_tree(files)
-    rng = np.random.default_rng(seed)
-    if set(tree) == set(PRESPLIT_DIRS):
-        classes = sorted(set(tree["train"]) | set(tree["test"]))
-        db_files = {c: _shuffled(tree["train"].get(c, []), rng, limit_per_class) for c in classes}
-        q_files = {c: _shuffled(tree["test"].get(c, []), rng, limit_per_class) for c in classes}
-    else:
-        merged = _merge_roots(tree)
-        classes = sorted(merged)
-        db_files, q_files = {}, {}
-        for c in classes:
-            order = _shuffled(merged[c], rng, limit_per_class)
-            n_db = _database_count(len(order), fraction)
-            db_files[c], q_files[c] = order[:n_db], order[n_db:]
-    if len(classes) < 2:
-        raise DatasetError(f"{path}: found {len(classes)} class folder(s) with images, need >= 2")
-    return Split(
-        name=name,
-        class_names=tuple(classes),
-        database=_records("db", classes, db_files, read),
-        queries=_records("q", classes, q_files, read),
-    )
+    with _open_source(path) as (files, read):
+        tree = _class_tree(files)
+        rng = np.random.default_rng(seed)
+        if set(tree) == set(PRESPLIT_DIRS):
+            classes = sorted(set(tree["train"]) | set(tree["test"]))
+            db_files = {c: _shuffled(tree["train"].get(c, []), rng, limit_per_class) for c in classes}
+            q_files = {c: _shuffled(tree["test"].get(c, []), rng, limit_per_class) for c in classes}
+        else:
+            merged = _merge_roots(tree)
+            classes = sorted(merged)
+            db_files, q_files = {}, {}
+            for c in classes:
+                order = _shuffled(merged[c], rng, limit_per_class)
+                n_db = _database_count(len(order), fraction)
+                db_files[c], q_files[c] = order[:n_db], order[n_db:]
+        if len(classes) < 2:
+            raise DatasetError(f"{path}: found {len(classes)} class folder(s) with images, need >= 2")
+        return Split(
+            name=name,
+            class_names=tuple(classes),
+            database=_records("db", classes, db_files, read),
+            queries=_records("q", classes, q_files, read),
+        )
 
 
 def _database_count(n: int, fraction: float) -> int:
@@ -125,21 +126,23 @@ def _database_count(n: int, fraction: float) -> int:
     return max(1, n_db) if n else 0
 
 
-def _open_source(path: Path) -> tuple[list[str], Callable[[str], bytes]]:
-    """Image file names (posix, relative) and a reader, for a zip or a folder."""
+@contextmanager
+def _open_source(path: Path) -> Iterator[tuple[list[str], Callable[[str], bytes]]]:
+    """Image file names (posix, relative, sorted) and a reader, for a zip or a folder."""
     if path.is_dir():
         names = sorted(
             p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and _is_image(p.name)
         )
-        return names, lambda n: (path / n).read_bytes()
-    if path.is_file() and zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
-        names = sorted(
-            i.filename for i in archive.infolist()
-            if not i.is_dir() and _is_image(i.filename) and not i.filename.startswith("__MACOSX/")
-        )
-        return names, archive.read
-    raise DatasetError(f"{path}: not a folder or a zip archive")
+        yield names, lambda n: (path / n).read_bytes()
+    elif path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = sorted(
+                i.filename for i in archive.infolist()
+                if not i.is_dir() and _is_image(i.filename) and not i.filename.startswith("__MACOSX/")
+            )
+            yield names, archive.read
+    else:
+        raise DatasetError(f"{path}: not a folder or a zip archive")
 
 
 def _is_image(name: str) -> bool:

@@ -27,6 +27,9 @@ MAX_BATCH_SIZE = 64
 QUEUE_DELAY_US = 2000
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
+PYTHON_MODEL_FILE = "model.py"
+# Triton's python backend runs model.onnx through this file (the pip tritonserver has no ORT backend).
+TRITON_PYTHON_MODEL = Path(__file__).parent / "triton" / "model.py"
 
 
 def model_path(repo_dir: Path, model_name: str) -> Path:
@@ -61,6 +64,7 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, proto.SerializeToString())
     _write_atomic(path.parent.parent / CONFIG_FILE, triton_config(facts, model_name).encode())
+    _write_atomic(path.parent / PYTHON_MODEL_FILE, TRITON_PYTHON_MODEL.read_bytes())
     return path
 
 

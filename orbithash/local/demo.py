@@ -23,7 +23,7 @@ from tqdm import tqdm
 from orbithash.data import ImageRecord, Split, load_split
 from orbithash.local.cluster import Cluster, ClusterConfig
 from orbithash.metrics import average_precision
-from orbithash.model_facts import ModelFacts
+from orbithash.model_facts import ModelFacts, ModelFactsError
 from orbithash.train import train_and_export, trained_facts
 from orbithash.v1 import orbithash_pb2 as pb
 from orbithash.v1 import orbithash_pb2_grpc as rpc
@@ -52,7 +52,11 @@ class DemoReport:
 
 
 def ensure_model(split: Split, repo: Path, bits: int, retrain: bool) -> ModelFacts:
-    facts = None if retrain else trained_facts(repo, "orbithash")
+    try:
+        facts = None if retrain else trained_facts(repo, "orbithash")
+    except ModelFactsError as exc:
+        log.warning("exported model is unusable (%s): training a new one", exc)
+        facts = None
     if facts is not None and facts.bits == bits and facts.class_names == split.class_names:
         log.info("reusing model %s (version %s, %d bits)", facts.name, facts.version, facts.bits)
         return facts
