@@ -57,7 +57,10 @@ class Router:
         self.addresses = settings.shard_addresses()
         if not self.addresses:
             raise ValueError("the gateway needs at least one shard address")
-        self._channels = [grpc.insecure_channel(a, options=CHANNEL_OPTIONS) for a in self.addresses]
+        # A restarted shard is back in the fan-out within a second, not after gRPC's default 2 min backoff.
+        shard_options = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 100),
+                         ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.min_reconnect_backoff_ms", 100)]
+        self._channels = [grpc.insecure_channel(a, options=shard_options) for a in self.addresses]
         self._shards = [rpc.IndexShardStub(c) for c in self._channels]
         self.facts = self._wait_for_model(settings.startup_timeout_s)
         self._partial = Counter("orbithash_gateway_partial_results", "Searches answered without some shard.",

@@ -11,17 +11,25 @@ threshold, and appends the slots within it to a small candidate buffer; when the
 2k candidates a histogram over the distances (at most 257 bins) yields the k-th smallest, which
 becomes the new threshold. The result is every slot with distance <= the final k-th smallest distance: few
 candidates, which Python orders by (distance, id) so ties are deterministic.
+
+Large shards also keep multi-index hashing tables (``orbithash.mih``), built off the search path
+once a shard holds ``MIH_MIN_ITEMS`` items. ``search`` tries them first when they may pay and
+falls back to the scan per query when a probe exceeds its work budget; both return the same
+candidate set, so the choice never changes a result, only its cost.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from llvmlite import ir
@@ -31,6 +39,11 @@ from numba.extending import intrinsic
 from orbithash import InvalidInput
 from orbithash.bits import code_bytes as _code_bytes
 
+if TYPE_CHECKING:
+    from orbithash.mih import Tables
+
+log = logging.getLogger("orbithash.hamming")
+
 MIN_BITS = 8
 MAX_BITS = 256
 _BLOCK = 512  # slots per block: small enough to skip often, large enough to vectorise well
@@ -38,8 +51,16 @@ _EXCLUDED = np.int32(1 << 12)  # added to the distance of dead/filtered slots: a
 # Below this many uint64 words scanned per call, handing work to another thread costs more than
 # it saves (a hand-off is ~50 us; a scan does ~3 words per ns).
 _SPLIT_WORDS = 1 << 18
+# Below this many items a scan takes ~0.1 ms: MIH tables would cost memory for nothing.
+MIH_MIN_ITEMS = 1 << 18
+# A probe may do (buckets + verified candidates) <= slots / this before it gives up: a random
+# access costs ~16x a streamed slot of the scan, so a failed probe costs about one more scan.
+_MIH_BUDGET_DIVISOR = 16
+_MIH_REBUILD_DIRTY = 16  # rebuild the tables once more than 1/16 of the slots were written since
+_MIH_MAX_DIRTY = 4  # with more than 1/4 of the slots dirty a probe would scan them: use the scan
 
 Result = list[tuple[str, int, int]]
+Strategy = Literal["auto", "scan", "mih"]
 
 
 @intrinsic
@@ -239,6 +260,30 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@dataclass
+class _MihState:
+    """Built tables and the dirty slots written since (``HammingIndex._dirty_log``)."""
+
+    tables: Tables
+    cached: tuple[int, np.ndarray] = field(default=(0, np.empty(0, np.int64)))
+
+
+_scratch = threading.local()
+
+
+def _stamps(end: int) -> tuple[np.ndarray, int]:
+    """This thread's per-slot "already verified" marks for MIH probes (one byte per slot).
+
+    One array per thread, shared by every index the thread searches: the stamp only grows
+    (and the marks are wiped when it wraps), so marks of earlier queries never look current.
+    """
+    stamps = getattr(_scratch, "stamps", None)
+    if stamps is None or stamps.shape[0] < end:
+        _scratch.stamps = stamps = np.zeros(max(end, 2 * (0 if stamps is None else stamps.shape[0])), np.uint8)
+        _scratch.stamp = 0
+    return stamps, _scratch.stamp
+
+
 class HammingIndex:
     """Slots of packed codes with ids and labels, searched exactly by Hamming distance.
 
@@ -261,6 +306,14 @@ class HammingIndex:
         self._slot_of: dict[str, int] = {}
         self._end = 0  # one past the highest slot ever used: the scan range
         self._lock = _ReadWriteLock()
+        # Multi-index hashing: tables, the slots written since they were built, build control.
+        self._mih: _MihState | None = None
+        self._dirty_log: list[np.ndarray] = []
+        self._tracking = False  # log written slots (from the first build on)
+        self._epoch = 0  # bumped by clear(): a build that started before is not installed
+        self._build_mutex = threading.Lock()
+        self._mih_skip = 0  # auto mode: scans to do before trying MIH again after a failed probe
+        self._mih_misses = 0
 
     @property
     def bits(self) -> int:
@@ -318,6 +371,7 @@ class HammingIndex:
                     self._codes[slots] = packed
                     self._labels[slots] = labels
                     self._end = max(self._end, int(slots.max()) + 1)
+                    self._log_written(slots)
                     return
             for slot, id in zip(slots.tolist(), ids, strict=True):
                 old = slot_of.get(id)
@@ -333,6 +387,12 @@ class HammingIndex:
             self._codes[slots[last]] = packed[last]
             self._labels[slots[last]] = labels[last]
             self._end = max(self._end, int(slots.max()) + 1)
+            self._log_written(slots[last])
+
+    def _log_written(self, slots: np.ndarray) -> None:
+        """Remember slots whose code may differ from the MIH tables (caller holds the write lock)."""
+        if self._tracking:
+            self._dirty_log.append(np.array(slots, np.int64))
 
     def remove(self, ids: Sequence[str]) -> list[str]:
         """Forget items; returns the ids that were present (each once)."""
@@ -353,6 +413,9 @@ class HammingIndex:
             self._ids = [None] * self.capacity
             self._slot_of.clear()
             self._end = 0
+            self._mih = None
+            self._dirty_log = []
+            self._epoch += 1
 
     def _grow(self, needed: int) -> None:
         old = self.capacity
@@ -380,18 +443,27 @@ class HammingIndex:
             return code, int(self._labels[slot])
 
     def search(self, queries: np.ndarray, k: int, max_distance: int | None = None,
-               label: int | None = None) -> list[Result]:
-        """Per query up to k (id, distance, label), by ascending distance then id."""
+               label: int | None = None, *, strategy: Strategy = "auto") -> list[Result]:
+        """Per query up to k (id, distance, label), by ascending distance then id.
+
+        ``strategy``: "auto" probes the MIH tables where they exist and may pay, else scans;
+        "scan" and "mih" force one method (tests and benchmarks; "mih" builds the tables
+        first if there are none and never gives up). The result does not depend on it.
+        """
         q = self._words_of(queries, "queries", None)
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
         if max_distance is not None and max_distance < 0:
             raise InvalidInput(f"max_distance must be >= 0, got {max_distance}")
+        if strategy not in ("auto", "scan", "mih"):
+            raise InvalidInput(f"strategy must be auto, scan or mih, got {strategy!r}")
         threshold = self._bits if max_distance is None else min(int(max_distance), self._bits)
         use_label = label is not None
         label_value = int(label) if label is not None else 0
         if q.shape[0] == 0:
             return []
+        if strategy == "mih" and self._mih is None:
+            self.build_multi_index()
         with self._lock.read():
             end = self._end
             if end == 0:
@@ -399,7 +471,122 @@ class HammingIndex:
             args = (self._codes[:end].reshape(-1), self._words)
             rest = (self._live[:end], self._labels[:end], label_value, use_label, int(k),
                     threshold, self._bits)
-            return self._run(q, args, rest, end, int(k))
+            state = self._mih if strategy != "scan" else None
+            if strategy == "auto":
+                state = self._auto_state(end, int(k))
+            if state is None:
+                return self._run(q, args, rest, end, int(k))
+            budget = 1 << 62 if strategy == "mih" else max(end // _MIH_BUDGET_DIVISOR, 1024)
+            results = self._run_mih(state, q, args, rest, end, int(k), budget)
+            missed = [r for r, hits in enumerate(results) if hits is None]
+            if missed:
+                self._note_miss()
+                for r, hits in zip(missed, self._run(q[missed], args, rest, end, int(k)), strict=True):
+                    results[r] = hits
+            elif strategy == "auto":
+                self._mih_misses = 0
+            return results  # type: ignore[return-value]
+
+    # -- multi-index hashing ----------------------------------------------------------------
+
+    def build_multi_index(self) -> Tables:
+        """Build (or rebuild) the MIH tables now; searches go on meanwhile, writes too.
+
+        The tables are built from the live arrays without a lock held: every slot written after
+        the snapshot point is in the dirty log, which probes verify directly, so a table entry
+        torn by a concurrent write can only add a candidate, never hide one.
+        """
+        with self._build_mutex:
+            return self._build_locked()
+
+    def _build_locked(self) -> Tables:
+        from orbithash import mih  # mih builds on this module's kernel pieces
+
+        with self._lock.read():
+            epoch, end = self._epoch, self._end
+            codes = self._codes
+            live = self._live[:end]
+            self._tracking = True  # writers are excluded while we hold the read lock
+            mark = len(self._dirty_log)
+        tables = mih.build_tables(codes, live, end, self._bits)
+        with self._lock.write():
+            if self._epoch == epoch:
+                self._dirty_log = self._dirty_log[mark:]
+                self._mih = _MihState(tables)
+        log.info("MIH tables: %d items, %d substrings of %s bits, %.1f MB, built in %.2f s", tables.n,
+                 len(tables.widths), "/".join(map(str, tables.widths.tolist())), tables.nbytes / 1e6,
+                 tables.build_s)
+        return tables
+
+    def _build_in_background(self) -> None:
+        """Start a build unless one runs; the searches meanwhile scan (or use the old tables)."""
+        if not self._build_mutex.acquire(blocking=False):
+            return
+
+        def build() -> None:
+            try:
+                self._build_locked()
+            except Exception:
+                log.exception("MIH table build failed; searches keep scanning")
+            finally:
+                self._build_mutex.release()
+
+        threading.Thread(target=build, name="mih-build", daemon=True).start()
+
+    def _dirty(self, state: _MihState) -> np.ndarray:
+        """Slots written since the tables were built (caller holds the read lock)."""
+        log_len = len(self._dirty_log)
+        if state.cached[0] != log_len:  # racing readers compute the same array: harmless
+            state.cached = (log_len, np.concatenate(self._dirty_log) if log_len else np.empty(0, np.int64))
+        return state.cached[1]
+
+    def _auto_state(self, end: int, k: int) -> _MihState | None:
+        """The tables when a probe may beat the scan; starts a (re)build when they are missing or stale."""
+        if len(self._slot_of) < MIH_MIN_ITEMS:
+            return None
+        state = self._mih
+        dirty = 0 if state is None else self._dirty(state).shape[0]
+        if state is None or dirty > end // _MIH_REBUILD_DIRTY:
+            self._build_in_background()
+        if state is None or dirty > end // _MIH_MAX_DIRTY or k > end // 64:
+            return None
+        if self._mih_skip > 0:  # recent probes gave up: scan for a while (races only skew the count)
+            self._mih_skip -= 1
+            return None
+        return state
+
+    def _note_miss(self) -> None:
+        """Back off exponentially after probes that gave up, so MIH costs little where it never pays."""
+        self._mih_misses = min(self._mih_misses + 1, 8)
+        self._mih_skip = 1 << self._mih_misses
+
+    def _run_mih(self, state: _MihState, q: np.ndarray, args: tuple, rest: tuple, end: int, k: int,
+                 budget: int) -> list[Result | None]:
+        """MIH probes, batches split by query over threads; None where a probe gave up."""
+        t = state.tables
+        codes_u8 = self._codes[:end].view(np.uint8)
+        dirty = self._dirty(state)
+        q_u8 = q.view(np.uint8)
+        nq = q.shape[0]
+        threads = min(self._threads, nq) if nq >= 4 else 1
+        cuts = [nq * i // threads for i in range(threads + 1)]
+
+        def part(a: int, b: int) -> tuple:
+            from orbithash import mih
+
+            stamps, stamp = _stamps(end)
+            out = mih.probe_many(args[0], codes_u8, args[1], q[a:b], q_u8[a:b], *rest, t.starts, t.widths,
+                                 t.off_base, t.offsets, t.slots, t.copies, t.n, dirty, stamps, stamp, budget)
+            _scratch.stamp = out[4]
+            return out
+
+        futures = [_shared_pool().submit(part, a, b) for a, b in itertools.pairwise(cuts[1:])]
+        parts = [part(cuts[0], cuts[1])] + [f.result() for f in futures]
+        results: list[Result | None] = []
+        for bounds, slots, dist, ok, _ in parts:
+            for r, (a, b) in enumerate(itertools.pairwise(bounds.tolist())):
+                results.append(self._rank(slots[a:b], dist[a:b], k) if ok[r] else None)
+        return results
 
     def _run(self, q: np.ndarray, args: tuple, rest: tuple, end: int, k: int) -> list[Result]:
         """Split the work over threads: by query for batches, by slot range for one big query."""
@@ -466,3 +653,23 @@ def warm_up() -> None:
     codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
     index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
     index.search(codes, 1, max_distance=3, label=1)
+
+
+def rerank_asymmetric(u_query: np.ndarray, stored_codes: np.ndarray, bits: int, ids: Sequence[str]) -> list[int]:
+    """Order candidates by score -u·b (b in {-1, +1} from the stored bits), ties by id.
+
+    Returns indices into ``ids``. Asymmetric: the query keeps its real-valued hash output u, so
+    candidates at equal Hamming distance are told apart by how sure the query was of the bits
+    on which they differ — a cheap refinement of the few hundred candidates of an exact search.
+    """
+    u = np.asarray(u_query, np.float64).reshape(-1)
+    if u.shape[0] != bits or not np.all(np.isfinite(u)):
+        raise InvalidInput(f"u_query must be {bits} finite floats, got shape {np.shape(u_query)}")
+    codes = np.asarray(stored_codes)
+    n = len(ids)
+    if codes.dtype != np.uint8 or codes.shape != (n, _code_bytes(bits)):
+        raise InvalidInput(f"stored_codes must be uint8 of shape ({n}, {_code_bytes(bits)}), "
+                           f"got {codes.dtype} {codes.shape}")
+    signs = np.unpackbits(codes, axis=1, count=bits).astype(np.float64) * 2 - 1
+    score = (-(signs @ u)).tolist()
+    return sorted(range(n), key=lambda i: (score[i], ids[i]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import grpc
@@ -174,6 +175,10 @@ def test_killed_shard_gives_partial_answers_then_reloads_everything(
     assert partial.partial and list(partial.failed_shards) == [1]
     assert all(h.shard == 0 for h in partial.hits)
     cluster.restart_shard(1, kill=False)
+    deadline = time.monotonic() + 5  # the gateway reconnects within its 1 s backoff cap
+    while gateway.Search(queries[0], timeout=30).partial:
+        assert time.monotonic() < deadline, "gateway did not pick the restarted shard up"
+        time.sleep(0.1)
     after = [[(h.distance, h.id, h.shard) for h in gateway.Search(q, timeout=30).hits] for q in queries]
     assert after == before
 
