@@ -12,14 +12,14 @@ from typing import Protocol
 
 import numpy as np
 
-from orbithash import Unavailable
+from orbithash import OrbitHashError, TritonFailure, Unavailable
 from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
 
 
 class InferenceBackend(Protocol):
     facts: ModelFacts
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
     def ready(self) -> bool: ...
 
@@ -39,12 +39,22 @@ class OnnxRuntimeBackend:
         meta = self._session.get_modelmeta().custom_metadata_map
         self.facts = ModelFacts.from_params(dict(meta))
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         u, logits = self._session.run([OUTPUT_U, OUTPUT_LOGITS], {INPUT_NAME: batch})
         return np.asarray(u, np.float32), np.asarray(logits, np.float32)
 
     def ready(self) -> bool:
         return True
+
+
+def triton_error(exc: Exception) -> OrbitHashError:
+    """Triton's failures by cause: unreachable/overloaded/late → Unavailable, the rest → internal."""
+    status = str(getattr(exc, "status", lambda: "")() or "")
+    message = exc.message() if hasattr(exc, "message") else str(exc)
+    transient = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
+    if any(t in status for t in transient) or "Deadline Exceeded" in message or "unavailable" in message.lower():
+        return Unavailable(f"Triton is unavailable: {message}")
+    return TritonFailure(f"Triton inference failed ({status or 'error'}): {message}")
 
 
 class TritonBackend:
@@ -72,15 +82,16 @@ class TritonBackend:
         except (KeyError, TypeError) as exc:
             raise ModelFactsError(f"Triton model {model_name!r} carries no OrbitHash parameters") from exc
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         tg = self._tgrpc
+        deadline = self._timeout if timeout is None else max(0.001, min(self._timeout, timeout))
         inp = tg.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         inp.set_data_from_numpy(np.ascontiguousarray(batch, np.float32))
         outputs = [tg.InferRequestedOutput(OUTPUT_U), tg.InferRequestedOutput(OUTPUT_LOGITS)]
         try:
-            result = self._client.infer(self._model, [inp], outputs=outputs, client_timeout=self._timeout)
+            result = self._client.infer(self._model, [inp], outputs=outputs, client_timeout=deadline)
         except self._error as exc:
-            raise Unavailable(f"Triton inference failed: {exc.message()}") from exc
+            raise triton_error(exc) from exc
         return result.as_numpy(OUTPUT_U), result.as_numpy(OUTPUT_LOGITS)
 
     def ready(self) -> bool:

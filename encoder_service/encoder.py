@@ -49,16 +49,17 @@ class Encoder:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
 
-    def _infer(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, chunk: np.ndarray, timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
         self.metrics.batch_size.observe(len(chunk))
         with self.metrics.inference_seconds.time():
-            return self.backend.infer(chunk)
+            return self.backend.infer(chunk, timeout)
 
     @property
     def facts(self) -> ModelFacts:
         return self.backend.facts
 
-    def encode(self, images: list[bytes]) -> EncodedBatch:
+    def encode(self, images: list[bytes], timeout: float | None = None) -> EncodedBatch:
+        """``timeout``: seconds left of the caller's deadline, passed on to the backend."""
         if not images:
             raise InvalidInput("no images given")
         if len(images) > self.max_images:
@@ -67,7 +68,10 @@ class Encoder:
             batch = preprocess_batch(images, self.facts)
         chunks = [batch[i:i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
         # Chunks go out concurrently so Triton's dynamic batcher can run them back to back.
-        results = list(self._pool.map(self._infer, chunks)) if len(chunks) > 1 else [self._infer(chunks[0])]
+        if len(chunks) == 1:
+            results = [self._infer(chunks[0], timeout)]
+        else:
+            results = list(self._pool.map(lambda c: self._infer(c, timeout), chunks))
         u = np.concatenate([r[0] for r in results])
         probs = softmax(np.concatenate([r[1] for r in results]).astype(np.float64)).astype(np.float32)
         self.metrics.images.inc(len(images))

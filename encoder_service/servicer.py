@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
-from encoder_service.encoder import Encoder
+from encoder_service.encoder import EncodedBatch, Encoder
 from orbithash.serving.convert import model_info
 from orbithash.v1 import orbithash_pb2 as pb
 from orbithash.v1 import orbithash_pb2_grpc as rpc
@@ -15,7 +17,14 @@ class EncoderServicer(rpc.EncoderServicer):
         self._encoder = encoder
 
     def Encode(self, request: pb.EncodeRequest, context: grpc.ServicerContext) -> pb.EncodeResponse:
-        out = self._encoder.encode(list(request.images))
+        return self._response(self._encoder.encode(list(request.images), context.time_remaining()))
+
+    def EncodeStream(self, request_iterator: Iterator[pb.EncodeRequest],
+                     context: grpc.ServicerContext) -> Iterator[pb.EncodeResponse]:
+        for request in request_iterator:
+            yield self._response(self._encoder.encode(list(request.images), context.time_remaining()))
+
+    def _response(self, out: EncodedBatch) -> pb.EncodeResponse:
         names = self._encoder.facts.class_names
         return pb.EncodeResponse(
             encodings=[

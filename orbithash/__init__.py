@@ -32,3 +32,7 @@ class Unavailable(OrbitHashError):
 
 class ResourceExhausted(OrbitHashError):
     """A request asks for more than the service allows (maps to RESOURCE_EXHAUSTED)."""
+
+
+class TritonFailure(OrbitHashError):
+    """The inference server answered with an error of its own (maps to INTERNAL, with the cause)."""

@@ -57,6 +57,20 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def start_service(name: str, module: str, args: list[str], log_dir: Path, port: int = 0,
+                  timeout: float = 180.0) -> ServiceProcess:
+    """``python -m module`` on a free (or the given) port, waited on until health says SERVING."""
+    port = port or free_port()
+    metrics_port = free_port()
+    argv = [sys.executable, "-m", module, "--port", str(port), "--metrics-port", str(metrics_port), *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env)
+    address = f"127.0.0.1:{port}"
+    process.wait_ready(lambda: grpc_serving(address), timeout)
+    log.info("%s SERVING on %s (metrics :%d)", name, address, metrics_port)
+    return ServiceProcess(name, address, metrics_port, process, argv)
+
+
 class Cluster:
     """Start with :meth:`start` (or ``with Cluster(cfg) as c``); stop with :meth:`stop`."""
 
@@ -83,15 +97,8 @@ class Cluster:
     # -- starting ------------------------------------------------------------------------------
 
     def _service(self, name: str, module: str, args: list[str], port: int = 0) -> ServiceProcess:
-        port = port or free_port()
-        metrics_port = free_port()
-        argv = [sys.executable, "-m", module, "--port", str(port), "--metrics-port", str(metrics_port), *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = ManagedProcess(name, argv, self.config.work_dir / "logs" / f"{name}.log", env=env)
-        address = f"127.0.0.1:{port}"
-        process.wait_ready(lambda: grpc_serving(address), self.config.startup_timeout_s)
-        log.info("%s SERVING on %s (metrics :%d)", name, address, metrics_port)
-        return ServiceProcess(name, address, metrics_port, process, argv)
+        return start_service(name, module, args, self.config.work_dir / "logs", port,
+                             self.config.startup_timeout_s)
 
     def start(self) -> None:
         cfg = self.config

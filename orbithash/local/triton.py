@@ -73,8 +73,20 @@ class TritonServer:
             "--model-control-mode=explicit", f"--load-model={model_name}",
             "--log-verbose=0", "--exit-on-error=true",
         ]
-        self.process = ManagedProcess("tritonserver", argv, work_dir / "tritonserver.log", env=triton_env())
-        self.process.wait_ready(self._model_ready, timeout)
+        self._argv = argv
+        self._timeout = timeout
+        self.process = self._launch()
+
+    def _launch(self) -> ManagedProcess:
+        process = ManagedProcess("tritonserver", self._argv, self.work_dir / "tritonserver.log", env=triton_env())
+        process.wait_ready(self._model_ready, self._timeout)
+        return process
+
+    def restart(self) -> None:
+        """Start again on the same ports (after :meth:`stop` or a crash)."""
+        if self.process.alive():
+            self.process.stop()
+        self.process = self._launch()
 
     @property
     def url(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from orbithash import InvalidInput, Mismatch, NotFound, ResourceExhausted, Unavailable
+from orbithash import InvalidInput, Mismatch, NotFound, ResourceExhausted, TritonFailure, Unavailable
 from orbithash.model_facts import ModelFactsError
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -14,6 +14,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ModelFactsError, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TritonFailure, grpc.StatusCode.INTERNAL),
 )
 
 

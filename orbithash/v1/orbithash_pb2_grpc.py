@@ -258,6 +258,11 @@ class EncoderStub:
                 request_serializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeResponse.FromString,
                 _registered_method=True)
+        self.EncodeStream = channel.stream_stream(
+                '/orbithash.v1.Encoder/EncodeStream',
+                request_serializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeRequest.SerializeToString,
+                response_deserializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeResponse.FromString,
+                _registered_method=True)
         self.Model = channel.unary_unary(
                 '/orbithash.v1.Encoder/Model',
                 request_serializer=orbithash_dot_v1_dot_orbithash__pb2.ModelRequest.SerializeToString,
@@ -278,6 +283,13 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EncodeStream(self, request_iterator, context):
+        """Bulk ingest: one response per request, in order, while the stream stays open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Model(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -289,6 +301,11 @@ def add_EncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Encode': grpc.unary_unary_rpc_method_handler(
                     servicer.Encode,
+                    request_deserializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeRequest.FromString,
+                    response_serializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeResponse.SerializeToString,
+            ),
+            'EncodeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EncodeStream,
                     request_deserializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeRequest.FromString,
                     response_serializer=orbithash_dot_v1_dot_orbithash__pb2.EncodeResponse.SerializeToString,
             ),
@@ -327,6 +344,33 @@ class Encoder:
             request,
             target,
             '/orbithash.v1.Encoder/Encode',
+            orbithash_dot_v1_dot_orbithash__pb2.EncodeRequest.SerializeToString,
+            orbithash_dot_v1_dot_orbithash__pb2.EncodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EncodeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/orbithash.v1.Encoder/EncodeStream',
             orbithash_dot_v1_dot_orbithash__pb2.EncodeRequest.SerializeToString,
             orbithash_dot_v1_dot_orbithash__pb2.EncodeResponse.FromString,
             options,
