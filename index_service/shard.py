@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from index_service.store import ShardStore
-from orbithash.hamming import HammingIndex
+from orbithash.hamming import MIH_MIN_ITEMS, HammingIndex
 from prometheus_client import CollectorRegistry, Gauge
 
 from orbithash import InvalidInput, Mismatch, ResourceExhausted
@@ -57,6 +57,8 @@ class Shard:
         slots, ids, codes, labels = self._store.load(progress)
         if len(ids):
             self._index.put(slots, ids, codes, labels)
+            if len(ids) >= MIH_MIN_ITEMS:
+                self._index.build_multi_index()  # large shards answer sub-linearly from the first query
         self._items.set(len(self._index))
         log.info("shard %d: %d items ready (%d bits, model %s)", self.shard, len(self._index), self.bits,
                  self.model_version)

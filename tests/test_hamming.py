@@ -303,3 +303,123 @@ def test_waiting_writer_holds_back_new_readers() -> None:
     for t in threads:
         t.join(5)
     assert order == ["r1", "w", "r2"]
+
+
+@pytest.mark.parametrize("strategy", ["scan", "mih"])
+def test_concurrent_adds_and_searches_stay_consistent(strategy: str) -> None:
+    """Writers add, move into reused slots and remove while readers search; every result is checked.
+
+    An id's code never changes, so a hit's distance is checkable at any time. Items published
+    as permanent (after their put returned, never removed) that lie strictly closer than the
+    k-th hit must be in the result: a search that misses a write acknowledged before it began
+    (e.g. stale MIH tables without the dirty log) fails here. A rebuild of the tables runs in
+    the middle.
+    """
+    bits, n0 = 32, 3000
+    rng = np.random.default_rng(21)
+    queries = random_codes(rng, 4, bits)
+    table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
+
+    def dists(codes: np.ndarray) -> np.ndarray:  # (n, 4): distance of each code to each query
+        return table[codes[:, None, :] ^ queries[None, :, :]].sum(2)
+
+    index = HammingIndex(bits, capacity=16, threads=2)
+    base = random_codes(rng, n0, bits)
+    base_ids = [f"p{i:05d}" for i in range(n0)]
+    dist_of: dict[str, np.ndarray] = dict(zip(base_ids, dists(base), strict=True))
+    index.put(np.arange(n0), base_ids, base, np.zeros(n0, np.int32))
+    if strategy == "mih":
+        index.build_multi_index()
+    permanent: list[str] = list(base_ids)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    checked = [0]
+
+    def writer() -> None:
+        wrng = np.random.default_rng(5)
+        free: list[int] = []
+        transient: list[str] = []
+        next_slot = n0
+        rebuild: threading.Thread | None = None
+        try:
+            for step in range(1200):
+                code = random_codes(wrng, 1, bits)
+                tid = f"t{step:05d}"
+                dist_of[tid] = dists(code)[0]
+                slot = free.pop() if free else next_slot
+                next_slot += slot == next_slot
+                index.put(np.array([slot]), [tid], code, np.zeros(1, np.int32))
+                transient.append(tid)
+                if step % 2:
+                    old = transient.pop(0)
+                    free.append(index._slot_of[old])
+                    index.remove([old])
+                if step % 3 == 0 and free:  # near a query, into a reused slot (stale in the tables)
+                    near = queries[step % 4 : step % 4 + 1].copy()
+                    near[0, wrng.integers(0, bits // 8)] ^= np.uint8(1 << int(wrng.integers(0, 8)))
+                    pid = f"q{step:05d}"
+                    dist_of[pid] = dists(near)[0]
+                    index.put(np.array([free.pop()]), [pid], near, np.zeros(1, np.int32))
+                    permanent.append(pid)
+                if step == 600 and strategy == "mih":
+                    rebuild = threading.Thread(target=index.build_multi_index)
+                    rebuild.start()
+            if rebuild is not None:
+                rebuild.join(30)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def reader(seed: int) -> None:
+        rrng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                known = len(permanent)
+                qi, k = int(rrng.integers(0, 4)), int(rrng.choice([1, 5, 40]))
+                hits = index.search(queries[qi : qi + 1], k, strategy=strategy)[0]  # type: ignore[arg-type]
+                assert len(hits) == k
+                assert hits == sorted(hits, key=lambda h: (h[1], h[0]))
+                assert len({i for i, _, _ in hits}) == k
+                assert all(d == dist_of[i][qi] for i, d, _ in hits)
+                cut = hits[-1][1]
+                required = {p for p in permanent[:known] if dist_of[p][qi] < cut}
+                assert required <= {i for i, _, _ in hits}, (required - {i for i, _, _ in hits}, cut)
+                checked[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[0]
+    assert checked[0] > 20
+    final = index.search(queries, 60, strategy="scan")
+    assert index.search(queries, 60, strategy="mih") == final
+
+
+def test_rerank_asymmetric_orders_by_u_dot_b_then_id() -> None:
+    bits = 12
+    u = np.array([0.9, -0.1, 0.5, -2.0, 0.0, 0.3, 0.3, -0.3, 1.0, -1.0, 0.2, 0.1])
+    rng = np.random.default_rng(4)
+    signs = rng.integers(0, 2, (30, bits), dtype=np.uint8)
+    signs[5] = signs[6]  # equal codes: the id decides
+    ids = [f"c{v:02d}" for v in rng.permutation(30)]
+    codes = np.packbits(signs, axis=1)
+    order = hamming.rerank_asymmetric(u, codes, bits, ids)
+    score = -(signs.astype(float) * 2 - 1) @ u
+    assert order == sorted(range(30), key=lambda i: (score[i], ids[i]))
+    assert sorted(order) == list(range(30))
+    assert order.index(5) < order.index(6) if ids[5] < ids[6] else order.index(6) < order.index(5)
+    best = np.packbits((u > 0).astype(np.uint8))[None]  # sign(u) itself scores best of all codes
+    assert hamming.rerank_asymmetric(u, np.concatenate([codes, best]), bits, [*ids, "zz"])[0] == 30
+    assert hamming.rerank_asymmetric(u, codes[:0], bits, []) == []
+    with pytest.raises(InvalidInput):
+        hamming.rerank_asymmetric(u[:5], codes, bits, ids)
+    with pytest.raises(InvalidInput):
+        hamming.rerank_asymmetric(u, codes[:, :1], bits, ids)
+    with pytest.raises(InvalidInput):
+        hamming.rerank_asymmetric(u, codes, bits, ids[:3])

@@ -78,7 +78,7 @@ def test_huge_tie_group_is_cut_by_id_like_the_scan() -> None:
 def test_writes_after_the_build_are_found_through_the_dirty_log() -> None:
     """Moves, slot reuse with new codes and removes leave the tables stale; results stay exact."""
     bits = 64
-    index, items, rng = build(bits, 3000, "trained", seed=11)
+    index, items, _ = build(bits, 3000, "trained", seed=11)
     index.build_multi_index()
     ids = list(items)
     queries = trained_like(np.random.default_rng(11), 6, bits)  # same centres as the data
@@ -120,7 +120,8 @@ def test_clear_drops_the_tables() -> None:
 
 def test_auto_builds_in_the_background_and_uses_the_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hamming, "MIH_MIN_ITEMS", 1000)
-    index, items, rng = build(64, 20_000, "trained", seed=5)
+    monkeypatch.setattr(hamming, "_MIH_BUDGET_DIVISOR", 1)  # a small shard: let probes run to the end
+    index, _, _ = build(64, 20_000, "trained", seed=5)
     queries = trained_like(np.random.default_rng(5), 8, 64)
     expect = index.search(queries, 10, strategy="scan")
     assert index.search(queries, 10) == expect  # starts the build, scans meanwhile
@@ -139,6 +140,7 @@ def test_auto_builds_in_the_background_and_uses_the_tables(monkeypatch: pytest.M
     assert index.search(queries, 10) == expect
     assert index.search(queries[:1], 10) == expect[:1]
     assert sum(calls) == 9  # every query went through the tables
+    assert index._mih_skip == 0
     assert index.search(queries, 10, label=1) == index.search(queries, 10, label=1, strategy="scan")
 
 

@@ -1,0 +1,247 @@
+"""Index search benchmark: HammingIndex vs FAISS IndexBinaryFlat, and a real shard over gRPC.
+
+    python bench/index_search.py            # full run (1M flat, 10M clustered, 1M over gRPC)
+    python bench/index_search.py --quick    # ~1 minute (100k flat, 1M clustered, 100k over gRPC)
+
+Same process, same codes, FAISS as reference, one thread each unless a row says otherwise,
+median over many queries. Prints a table, then one JSON line with every figure. Ratios are our
+time / FAISS time (lower is better); ``sublinear_speedup`` is FAISS time / our time on codes
+clustered like a trained model's, after checking that both return the same distances and that
+the MIH path returns exactly what our scan returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orbithash.hamming import HammingIndex
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def row(name: str, ours: float | str, ref: float | str = "", note: str = "") -> None:
+    def fmt(v: float | str) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else v
+
+    ROWS.append((name, fmt(ours), fmt(ref), note))
+    print(f"  {name:<44} {fmt(ours):>10} {fmt(ref):>10}  {note}", flush=True)
+
+
+def uniform(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    out = np.empty((n, bits // 8), np.uint8)
+    for a in range(0, n, 1 << 20):
+        b = min(n, a + (1 << 20))
+        out[a:b] = np.packbits(rng.integers(0, 2, (b - a, bits), dtype=np.uint8), axis=1)
+    return out
+
+
+def trained_like(rng: np.random.Generator, n: int, centres: np.ndarray, flip: float) -> np.ndarray:
+    """Each code = its class centre with every bit flipped with probability ``flip``."""
+    bits = centres.shape[1]
+    out = np.empty((n, bits // 8), np.uint8)
+    for a in range(0, n, 1 << 20):
+        b = min(n, a + (1 << 20))
+        signs = centres[rng.integers(0, len(centres), b - a)] ^ (rng.random((b - a, bits), np.float32) < flip)
+        out[a:b] = np.packbits(signs, axis=1)
+    return out
+
+
+def median_ms(fn: Callable[[np.ndarray], object], queries: np.ndarray, step: int = 1) -> float:
+    times = []
+    for a in range(0, len(queries) - step + 1, step):
+        t = time.perf_counter()
+        fn(queries[a:a + step])
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def load_index(codes: np.ndarray, bits: int, threads: int) -> HammingIndex:
+    n = len(codes)
+    index = HammingIndex(bits, capacity=n, threads=threads)
+    index.put(np.arange(n), [str(i) for i in range(n)], codes, np.zeros(n, np.int32))
+    return index
+
+
+def flat_section(n: int, nq: int, out: dict) -> None:
+    """Uniform codes, k=100: the scan's home ground (MIH tables exist but auto mode backs off)."""
+    rng = np.random.default_rng(0)
+    for bits, key in ((64, "ratio_64"), (48, "ratio_48")):
+        flat_one(n, bits, uniform(rng, n, bits), uniform(rng, nq, bits), key, out)
+    out["n_flat"] = n
+
+
+def flat_one(n: int, bits: int, codes: np.ndarray, queries: np.ndarray, key: str, out: dict) -> None:
+    index = load_index(codes, bits, threads=1)
+    if n >= 1 << 18:
+        index.build_multi_index()  # as a shard does after load; auto must still pick the scan here
+    ref = faiss.IndexBinaryFlat(bits)
+    ref.add(codes)
+    faiss.omp_set_num_threads(1)
+    d_ref, _ = ref.search(queries[:20], 100)
+    got = index.search(queries[:20], 100)
+    assert [[d for _, d, _ in hits] for hits in got] == d_ref.tolist(), "distances differ from FAISS"
+    ours = median_ms(lambda q: index.search(q, 100), queries)
+    theirs = median_ms(lambda q: ref.search(q, 100), queries)
+    out[key] = round(ours / theirs, 3)
+    row(f"{n // 1000}k x {bits}-bit, 1 query, k=100 (ms)", ours, theirs, f"ratio {out[key]}")
+    if bits != 64:
+        return
+    batch = median_ms(lambda q: index.search(q, 100), queries, 64)
+    batch_ref = median_ms(lambda q: ref.search(q, 100), queries, 64)
+    out["ratio_batch"] = round(batch / batch_ref, 3)
+    row(f"{n // 1000}k x 64-bit, batch of 64, k=100 (ms)", batch, batch_ref, f"ratio {out['ratio_batch']}")
+    index2 = load_index(codes, bits, threads=2)
+    faiss.omp_set_num_threads(2)
+    two = median_ms(lambda q: index2.search(q, 100), queries, 64)
+    two_ref = median_ms(lambda q: ref.search(q, 100), queries, 64)
+    row("  same, 2 threads each (ms)", two, two_ref, f"ratio {two / two_ref:.3f}")
+    one2 = median_ms(lambda q: index2.search(q, 100), queries)
+    one2_ref = median_ms(lambda q: ref.search(q, 100), queries)
+    row("  1 query, 2 threads each (ms)", one2, one2_ref, f"ratio {one2 / one2_ref:.3f}")
+    faiss.omp_set_num_threads(1)
+
+
+def sublinear_section(n: int, nq: int, out: dict) -> None:
+    """Trained-like clustered codes, k=10: MIH against FAISS's linear scan, results checked equal."""
+    bits, k, flip = 64, 10, 0.08
+    rng = np.random.default_rng(1)
+    centres = rng.integers(0, 2, (21, bits), dtype=np.uint8).astype(bool)
+    t = time.perf_counter()
+    codes = trained_like(rng, n, centres, flip)
+    queries = trained_like(rng, nq, centres, flip)  # drawn like the data, not taken from it
+    index = load_index(codes, bits, threads=1)
+    load_s = time.perf_counter() - t
+    tables = index.build_multi_index()
+    row(f"{n // 1_000_000}M clustered: load ids+codes (s)", load_s, "", "21 classes, flip p=0.08")
+    row("  MIH build (s)", tables.build_s, "", f"substrings {'/'.join(map(str, tables.widths.tolist()))} bits")
+    row("  MIH tables (bytes/item)", f"{tables.nbytes / n:.1f}", "", "int32 slots + inline codes + offsets")
+    ref = faiss.IndexBinaryFlat(bits)
+    ref.add(codes)
+    faiss.omp_set_num_threads(1)
+    d_ref, i_ref = ref.search(queries, k)
+    got = index.search(queries, k)
+    assert got == index.search(queries, k, strategy="scan"), "MIH differs from the scan"
+    for hits, d_row, i_row in zip(got, d_ref.tolist(), i_ref.tolist(), strict=True):
+        assert [d for _, d, _ in hits] == d_row, "distances differ from FAISS"
+        cut = d_row[-1]
+        assert {int(i) for i, d, _ in hits if d < cut} == {i for i, d in zip(i_row, d_row, strict=True) if d < cut}
+    ours = median_ms(lambda q: index.search(q, k), queries)
+    scan = median_ms(lambda q: index.search(q, k, strategy="scan"), queries)
+    theirs = median_ms(lambda q: ref.search(q, k), queries)
+    out["sublinear_speedup"] = round(theirs / ours, 2)
+    out["mih_build_s"] = round(tables.build_s, 2)
+    out["mih_bytes_per_item"] = round(tables.nbytes / n, 1)
+    out["n_sublinear"] = n
+    row(f"{n // 1_000_000}M clustered, 1 query, k=10, auto=MIH (ms)", ours, theirs,
+        f"speedup {out['sublinear_speedup']}x, identical results")
+    row("  same, our linear scan (ms)", scan, theirs, f"speedup {theirs / scan:.2f}x")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def rpc_section(n: int, out: dict) -> None:
+    """A real redis-server (appendfsync always) and ``python -m index_service`` over loopback."""
+    import grpc
+
+    from orbithash.local.cluster import grpc_serving
+    from orbithash.local.processes import ManagedProcess, free_port
+    from orbithash.local.redis_server import RedisServer
+    from orbithash.v1 import orbithash_pb2 as pb
+    from orbithash.v1 import orbithash_pb2_grpc as rpc
+
+    bits, version = 64, "bench"
+    rng = np.random.default_rng(2)
+    codes = uniform(rng, n, bits)
+    with tempfile.TemporaryDirectory(prefix="orbithash-bench-") as tmp:
+        redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
+        shard = None
+        try:
+            port = free_port()
+            argv = [sys.executable, "-m", "index_service", "--port", str(port), "--metrics-port", str(free_port()),
+                    "--redis-url", redis_server.url, "--bits", str(bits), "--model-version", version]
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            shard = ManagedProcess("shard", argv, Path(tmp) / "shard.log", env=env,
+                                   cwd=Path(__file__).resolve().parents[1])
+            address = f"127.0.0.1:{port}"
+            shard.wait_ready(lambda: grpc_serving(address), 120)
+            client = redis_server.client()
+            redis_before, rss_before = int(client.info("memory")["used_memory"]), rss_bytes(shard.pid)
+            requests = [pb.AddRequest(items=[pb.Item(id=f"item-{i}", code=codes[i].tobytes(), label=i % 21)
+                                             for i in range(a, min(n, a + 1000))], bits=bits, model_version=version)
+                        for a in range(0, n, 1000)]
+            with grpc.insecure_channel(address) as channel:
+                stub = rpc.IndexShardStub(channel)
+                t = time.perf_counter()
+                for request in requests:
+                    stub.Add(request, timeout=60)
+                add_s = time.perf_counter() - t
+                out["add_codes_per_s"] = round(n / add_s)
+                row(f"gRPC Add {n // 1000}k codes, batches of 1000 (codes/s)", f"{n / add_s:.0f}", "",
+                    "Redis appendfsync always")
+                queries = uniform(rng, 250, bits)
+                search = [pb.ShardSearchRequest(codes=[q.tobytes()], k=100, bits=bits, model_version=version)
+                          for q in queries]
+                for request in search[:50]:  # warm-up; lets a shard >= MIH_MIN_ITEMS build its tables
+                    stub.Search(request, timeout=30)
+                time.sleep(3)
+                times = []
+                for request in search[50:]:
+                    t = time.perf_counter()
+                    reply = stub.Search(request, timeout=30)
+                    times.append(time.perf_counter() - t)
+                    assert len(reply.results[0].hits) == 100
+            out["rpc_p50_ms"] = round(float(np.percentile(times, 50)) * 1e3, 3)
+            out["rpc_p99_ms"] = round(float(np.percentile(times, 99)) * 1e3, 3)
+            row(f"gRPC Search {n // 1000}k, 1 query, k=100, p50 (ms)", out["rpc_p50_ms"], "", "200 queries, loopback")
+            row(f"gRPC Search {n // 1000}k, 1 query, k=100, p99 (ms)", out["rpc_p99_ms"])
+            out["bytes_per_item_shard"] = round((rss_bytes(shard.pid) - rss_before) / n, 1)
+            out["bytes_per_item_redis"] = round((int(client.info("memory")["used_memory"]) - redis_before) / n, 1)
+            out["n_rpc"] = n
+            row("shard process RSS growth (bytes/item)", out["bytes_per_item_shard"], "", "ids, codes, MIH tables")
+            row("Redis used_memory growth (bytes/item)", out["bytes_per_item_redis"])
+            client.close()
+        finally:
+            if shard is not None:
+                shard.stop()
+            redis_server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
+    parser.add_argument("--skip-rpc", action="store_true", help="no redis-server / gRPC part")
+    args = parser.parse_args()
+    n_flat, n_sub, n_rpc = (100_000, 1_000_000, 100_000) if args.quick else (1_000_000, 10_000_000, 1_000_000)
+    out: dict = {}
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; faiss {faiss.__version__}")
+    print(f"  {'measure':<44} {'ours':>10} {'faiss':>10}")
+    flat_section(n_flat, 400, out)
+    sublinear_section(n_sub, 200, out)
+    if not args.skip_rpc:
+        rpc_section(n_rpc, out)
+    out["load_avg"] = round(os.getloadavg()[0], 2)
+    keys = ["ratio_64", "ratio_48", "ratio_batch", "sublinear_speedup", "bytes_per_item_shard",
+            "bytes_per_item_redis", "rpc_p50_ms", "rpc_p99_ms", "add_codes_per_s"]
+    print(json.dumps({**{key: out.get(key) for key in keys}, **{key: v for key, v in out.items() if key not in keys}}))
+
+
+if __name__ == "__main__":
+    main()
