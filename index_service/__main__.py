@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 
 import redis
-from index_service.store import ShardStore
-from orbithash.hamming import warm_up
 from prometheus_client import CollectorRegistry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -14,6 +12,8 @@ from redis.retry import Retry
 from index_service.servicer import IndexShardServicer
 from index_service.settings import IndexSettings
 from index_service.shard import Shard
+from index_service.store import ShardStore
+from orbithash.hamming import warm_up
 from orbithash.serving.server import GrpcServer, configure_logging, service_name
 from orbithash.v1 import orbithash_pb2_grpc as rpc
 

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from index_service.store import ShardStore
-from orbithash.hamming import MIH_MIN_ITEMS, HammingIndex
 from prometheus_client import CollectorRegistry, Gauge
 
+from index_service.store import ShardStore
 from orbithash import InvalidInput, Mismatch, ResourceExhausted
 from orbithash.bits import code_bytes, padding_is_zero
+from orbithash.hamming import MIH_MIN_ITEMS, HammingIndex
 
 log = logging.getLogger("orbithash.index")
 
