@@ -121,6 +121,11 @@ class Router:
             shard_request.max_distance = request.max_distance
         if request.HasField("label"):
             shard_request.label = request.label
+        if request.rerank:
+            if query.encoding is None:
+                raise InvalidInput("rerank needs an image query: it uses the query's real-valued u")
+            shard_request.u.extend(query.encoding.u)
+            shard_request.candidates = max(request.rerank_candidates or 4 * request.k, request.k)
         timeout = self._timeout(remaining)
         calls = [stub.Search.future(shard_request, timeout=timeout) for stub in self._shards]
         per_shard: list[list[pb.Hit]] = []
@@ -137,7 +142,7 @@ class Router:
             raise Unavailable("every index shard failed; no results")
         if failed:
             self._partial.inc()
-        return SearchResult(merge_topk(per_shard, request.k), query.encoding, failed)
+        return SearchResult(merge_topk(per_shard, request.k, by_score=request.rerank), query.encoding, failed)
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -28,10 +28,11 @@ class IndexShardServicer(rpc.IndexShardServicer):
             list(request.codes), request.k,
             request.max_distance if request.HasField("max_distance") else None,
             request.label if request.HasField("label") else None,
-            request.bits, request.model_version)
+            request.bits, request.model_version, request.u, request.candidates)
         shard = self._shard.shard
         return pb.ShardSearchResponse(results=[
-            pb.HitList(hits=[pb.Hit(id=h.id, distance=h.distance, label=h.label, shard=shard) for h in hits])
+            pb.HitList(hits=[pb.Hit(id=h.id, distance=h.distance, label=h.label, shard=shard, score=h.score)
+                             for h in hits])
             for hits in results
         ])
 

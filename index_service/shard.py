@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from index_service.store import ShardStore
 from orbithash import InvalidInput, Mismatch, ResourceExhausted
 from orbithash.bits import code_bytes, padding_is_zero
-from orbithash.hamming import MIH_MIN_ITEMS, HammingIndex
+from orbithash.hamming import MIH_MIN_ITEMS, HammingIndex, rerank_asymmetric
 
 log = logging.getLogger("orbithash.index")
 
@@ -30,6 +30,7 @@ class ShardHit:
     id: str
     distance: int
     label: int
+    score: float = 0.0
 
 
 class Shard:
@@ -108,14 +109,39 @@ class Shard:
         return deleted, missing
 
     def search(self, codes: Sequence[bytes], k: int, max_distance: int | None, label: int | None,
-               bits: int, model_version: str) -> list[list[ShardHit]]:
+               bits: int, model_version: str, u: Sequence[float] = (), candidates: int = 0) -> list[list[ShardHit]]:
+        """Exact top-k by Hamming distance; with ``u`` (K floats per query), the ``candidates``
+        nearest are re-ranked by the asymmetric score -u·b and the best k returned."""
         self._check_model(bits, model_version)
         if not 1 <= k <= self.max_k:
             raise InvalidInput(f"k must be in 1..{self.max_k}, got {k}")
         queries = self._codes(codes, "query codes")
+        if not len(u):
+            with self._lock:
+                results = self._index.search(queries, k, max_distance, label)
+            return [[ShardHit(i, d, lab) for i, d, lab in hits] for hits in results]
+        if len(u) != len(codes) * self.bits:
+            raise InvalidInput(f"u has {len(u)} floats; {len(codes)} queries of {self.bits} bits need "
+                               f"{len(codes) * self.bits}")
+        pool = min(max(candidates or 4 * k, k), self.max_k)
+        us = np.asarray(u, np.float64).reshape(len(codes), self.bits)
         with self._lock:
-            results = self._index.search(queries, k, max_distance, label)
-        return [[ShardHit(i, d, lab) for i, d, lab in hits] for hits in results]
+            results = self._index.search(queries, pool, max_distance, label)
+            stored = [[self._index.get(i) for i, _, _ in hits] for hits in results]
+        return [self._rerank(hits, [s[0] for s in found], q_u, k)
+                for hits, found, q_u in zip(results, stored, us, strict=True)]
+
+    def _rerank(self, hits: list[tuple[str, int, int]], codes: list[bytes], u: np.ndarray,
+                k: int) -> list[ShardHit]:
+        if not hits:
+            return []
+        packed = np.frombuffer(b"".join(codes), np.uint8).reshape(len(codes), -1)
+        ids = [h[0] for h in hits]
+        order = rerank_asymmetric(u, packed, self.bits, ids)[:k]
+        signs = np.unpackbits(packed[order], axis=1, count=self.bits).astype(np.float64) * 2 - 1
+        scores = -(signs @ u)
+        return [ShardHit(hits[j][0], hits[j][1], hits[j][2], float(sc))
+                for j, sc in zip(order, scores, strict=True)]
 
     def get(self, ids: Sequence[str]) -> tuple[list[tuple[str, bytes, int]], list[str]]:
         found, missing = [], []

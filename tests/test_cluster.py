@@ -84,6 +84,24 @@ def test_search_by_code_equals_brute_force_over_everything(gateway: rpc.GatewayS
         assert not reply.partial
 
 
+def test_rerank_orders_by_asymmetric_score(gateway: rpc.GatewayStub, ingested: dict[str, bytes],
+                                           ucm_subset: Split) -> None:
+    rec = ucm_subset.queries[3]
+    k = 10
+    reply = gateway.Search(pb.SearchRequest(image=rec.data, k=k, rerank=True, rerank_candidates=len(ingested)),
+                           timeout=60)
+    u = np.asarray(reply.query.u, np.float64)
+    bits = len(u)
+    scores = {i: float(-(np.unpackbits(np.frombuffer(c, np.uint8), count=bits).astype(np.float64) * 2 - 1) @ u)
+              for i, c in ingested.items()}
+    expected = sorted(ingested, key=lambda i: (scores[i], i))[:k]
+    assert [h.id for h in reply.hits] == expected
+    np.testing.assert_allclose([h.score for h in reply.hits], [scores[i] for i in expected], rtol=1e-5)
+    with pytest.raises(grpc.RpcError) as err:
+        gateway.Search(pb.SearchRequest(id=rec.id, k=k, rerank=True), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_answers_come_from_more_than_one_shard(gateway: rpc.GatewayStub, ingested: dict[str, bytes]) -> None:
     reply = gateway.Search(pb.SearchRequest(id=next(iter(ingested)), k=len(ingested)), timeout=30)
     assert len({h.shard for h in reply.hits}) == 2

@@ -43,32 +43,38 @@ class Encoding(_message.Message):
     def __init__(self, code: _Optional[bytes] = ..., u: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., label: _Optional[int] = ..., class_name: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "distance", "label", "shard")
+    __slots__ = ("id", "distance", "label", "shard", "score")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     distance: int
     label: int
     shard: int
-    def __init__(self, id: _Optional[str] = ..., distance: _Optional[int] = ..., label: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+    score: float
+    def __init__(self, id: _Optional[str] = ..., distance: _Optional[int] = ..., label: _Optional[int] = ..., shard: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "code", "id", "k", "max_distance", "label")
+    __slots__ = ("image", "code", "id", "k", "max_distance", "label", "rerank", "rerank_candidates")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    RERANK_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     code: bytes
     id: str
     k: int
     max_distance: int
     label: int
-    def __init__(self, image: _Optional[bytes] = ..., code: _Optional[bytes] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., max_distance: _Optional[int] = ..., label: _Optional[int] = ...) -> None: ...
+    rerank: bool
+    rerank_candidates: int
+    def __init__(self, image: _Optional[bytes] = ..., code: _Optional[bytes] = ..., id: _Optional[str] = ..., k: _Optional[int] = ..., max_distance: _Optional[int] = ..., label: _Optional[int] = ..., rerank: _Optional[bool] = ..., rerank_candidates: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "query", "partial", "failed_shards", "model_version")
@@ -191,20 +197,24 @@ class AddResponse(_message.Message):
     def __init__(self, added: _Optional[int] = ..., replaced: _Optional[int] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("codes", "k", "max_distance", "label", "bits", "model_version")
+    __slots__ = ("codes", "k", "max_distance", "label", "bits", "model_version", "u", "candidates")
     CODES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    U_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     codes: _containers.RepeatedScalarFieldContainer[bytes]
     k: int
     max_distance: int
     label: int
     bits: int
     model_version: str
-    def __init__(self, codes: _Optional[_Iterable[bytes]] = ..., k: _Optional[int] = ..., max_distance: _Optional[int] = ..., label: _Optional[int] = ..., bits: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+    u: _containers.RepeatedScalarFieldContainer[float]
+    candidates: int
+    def __init__(self, codes: _Optional[_Iterable[bytes]] = ..., k: _Optional[int] = ..., max_distance: _Optional[int] = ..., label: _Optional[int] = ..., bits: _Optional[int] = ..., model_version: _Optional[str] = ..., u: _Optional[_Iterable[float]] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class HitList(_message.Message):
     __slots__ = ("hits",)
