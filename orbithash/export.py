@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
 from orbithash.models import HashNet
+from orbithash.triton.configs import gpu_config
 
 OPSET = 17
 MAX_BATCH_SIZE = 64
@@ -65,6 +66,10 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
     _write_atomic(path, proto.SerializeToString())
     _write_atomic(path.parent.parent / CONFIG_FILE, triton_config(facts, model_name).encode())
     _write_atomic(path.parent / PYTHON_MODEL_FILE, TRITON_PYTHON_MODEL.read_bytes())
+    # The same model.onnx on NVIDIA's Triton image: `tritonserver --model-config-name=gpu`.
+    (path.parent.parent / "configs").mkdir(exist_ok=True)
+    _write_atomic(path.parent.parent / "configs" / "gpu.pbtxt",
+                  gpu_config(triton_config(facts, model_name)).encode())
     return path
 
 

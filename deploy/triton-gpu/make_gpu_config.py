@@ -4,11 +4,12 @@
         [--model orbithash] [--index-env deploy/k8s/base/model-facts.env]
 
 Reads ``<source>/<model>/config.pbtxt`` and writes into ``<target>/<model>/``:
-``config.pbtxt`` (onnxruntime_onnx on GPU with TensorRT, from config.pbtxt.template),
+``config.pbtxt`` (onnxruntime_onnx on GPU with TensorRT, from orbithash/triton/gpu.pbtxt.template),
 ``configs/cpu.pbtxt`` (the same on CPU, picked by ``tritonserver --model-config-name=cpu``)
 and a copy of ``1/model.onnx``. Name, input, output and the model's ``parameters`` (its facts)
 are kept line for line; only the serving lines are replaced. ``--index-env`` also writes the
-model version and bits the index shards must be started with. Standard library only.
+model version and bits the index shards must be started with. Export already writes the GPU
+variant as ``configs/gpu.pbtxt``; this script builds a separate repository for NVIDIA's image.
 """
 
 from __future__ import annotations
@@ -20,33 +21,8 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from string import Template
 
-TEMPLATE = Path(__file__).with_name("config.pbtxt.template")
-CPU_CONFIG_NAME = "cpu"  # --model-config-name used by deploy/k8s/overlays/cpu
-REPLACED = ("backend:", "max_batch_size:", "dynamic_batching", "instance_group")
-INPUT = re.compile(r'\{ name: "(?P<name>\w+)" data_type: TYPE_FP32 dims: \[ 3, (?P<size>\d+), (?P=size) \] \}')
-GPU_ONLY = re.compile(r"^# gpu-only: begin.*?^# gpu-only: end\n", re.M | re.S)
-
-
-def gpu_config(cpu_config: str) -> str:
-    """The GPU config.pbtxt for the model described by an exported (python backend) config."""
-    lines = cpu_config.splitlines()
-    found = [next((i for i, line in enumerate(lines) if line.startswith(key)), None) for key in REPLACED]
-    if None in found:
-        raise ValueError(f"not a config written by `orbithash train`: it lacks one of {REPLACED}")
-    match = INPUT.search(cpu_config)
-    if match is None:
-        raise ValueError("no input of shape [3, S, S] in the config")
-    block = Template(TEMPLATE.read_text()).substitute(INPUT_NAME=match["name"], INPUT_SIZE=match["size"])
-    kept = [line for i, line in enumerate(lines) if i not in found]
-    kept.insert(min(found), block.rstrip("\n"))  # type: ignore[type-var]
-    return "\n".join(kept) + "\n"
-
-
-def cpu_variant(gpu: str) -> str:
-    """The same config on a CPU instance, without the GPU accelerator."""
-    return GPU_ONLY.sub("", gpu).replace("kind: KIND_GPU", "kind: KIND_CPU")
+from orbithash.triton.configs import CPU_CONFIG_NAME, cpu_variant, gpu_config
 
 
 def parameter(config: str, key: str) -> str:
