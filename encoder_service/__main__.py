@@ -26,7 +26,8 @@ def build_backend(settings: EncoderSettings) -> InferenceBackend:
 def build_server(settings: EncoderSettings) -> GrpcServer:
     registry = CollectorRegistry()
     backend = build_backend(settings)
-    encoder = Encoder(backend, settings.max_batch, settings.max_images, EncoderMetrics(registry))
+    encoder = Encoder(backend, settings.max_batch, settings.max_images, EncoderMetrics(registry),
+                      settings.decode_threads)
     servicer = EncoderServicer(encoder)
     facts = backend.facts
     logging.getLogger("orbithash.encoder").info(

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from encoder_service.backends import InferenceBackend
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.bits import pack_signs
-from orbithash.images import preprocess_batch
+from orbithash.images import decode_image, preprocess
 from orbithash.model_facts import ModelFacts
 
 
@@ -42,12 +42,30 @@ class EncoderMetrics:
 
 class Encoder:
     def __init__(self, backend: InferenceBackend, max_batch: int, max_images: int,
-                 metrics: EncoderMetrics) -> None:
+                 metrics: EncoderMetrics, decode_threads: int = 4) -> None:
         self.backend = backend
         self.max_batch = max_batch
         self.max_images = max_images
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
+        self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+
+    def _prepare(self, images: list[bytes]) -> np.ndarray:
+        """Decode and preprocess on a thread pool (Pillow releases the GIL while it decodes)."""
+        facts = self.facts
+        out = np.empty((len(images), 3, facts.input_size, facts.input_size), np.float32)
+
+        def one(i: int) -> None:
+            try:
+                out[i] = preprocess(decode_image(images[i]), facts)
+            except InvalidInput as exc:
+                raise InvalidInput(f"image {i}: {exc}") from exc
+
+        if len(images) == 1:
+            one(0)
+        else:
+            list(self._decode_pool.map(one, range(len(images))))  # re-raises the first failure in order
+        return out
 
     def _infer(self, chunk: np.ndarray, timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
         self.metrics.batch_size.observe(len(chunk))
@@ -65,7 +83,7 @@ class Encoder:
         if len(images) > self.max_images:
             raise ResourceExhausted(f"{len(images)} images in one call, limit {self.max_images}")
         with self.metrics.decode_seconds.time():
-            batch = preprocess_batch(images, self.facts)
+            batch = self._prepare(images)
         chunks = [batch[i:i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
         # Chunks go out concurrently so Triton's dynamic batcher can run them back to back.
         if len(chunks) == 1:

@@ -19,4 +19,5 @@ class EncoderSettings(ServiceSettings):
     max_batch: int = Field(32, description="images per inference request")
     max_images: int = Field(256, description="images accepted in one Encode call")
     triton_timeout_s: float = Field(30.0, description="deadline of one Triton request")
+    decode_threads: int = Field(4, description="threads decoding and resizing images")
     threads: int = Field(0, description="ONNX Runtime intra-op threads (0: all cores)")
