@@ -12,7 +12,7 @@ from encoder_service.backends import InferenceBackend, OnnxRuntimeBackend, Trito
 from encoder_service.encoder import Encoder, EncoderMetrics
 from encoder_service.servicer import EncoderServicer
 from encoder_service.settings import EncoderSettings
-from orbithash.serving.server import GrpcServer, configure_logging, service_name
+from orbithash.serving.server import GrpcServer, run_service, service_name
 from orbithash.v1 import orbithash_pb2_grpc as rpc
 
 
@@ -38,12 +38,7 @@ def build_server(settings: EncoderSettings) -> GrpcServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = EncoderSettings.from_argv(argv)
-    configure_logging(settings.log_level)
-    server = build_server(settings)
-    server.start()
-    server.serve_forever()
-    return 0
+    return run_service(EncoderSettings, build_server, argv)
 
 
 if __name__ == "__main__":

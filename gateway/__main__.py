@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from gateway.router import Router
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
-from orbithash.serving.server import GrpcServer, configure_logging, service_name
+from orbithash.serving.server import GrpcServer, run_service, service_name
 from orbithash.v1 import orbithash_pb2_grpc as rpc
 
 
@@ -21,12 +21,7 @@ def build_server(settings: GatewaySettings) -> GrpcServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = GatewaySettings.from_argv(argv)
-    configure_logging(settings.log_level)
-    server = build_server(settings)
-    server.start()
-    server.serve_forever()
-    return 0
+    return run_service(GatewaySettings, build_server, argv)
 
 
 if __name__ == "__main__":

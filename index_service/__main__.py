@@ -14,7 +14,7 @@ from index_service.settings import IndexSettings
 from index_service.shard import Shard
 from index_service.store import ShardStore
 from orbithash.hamming import warm_up
-from orbithash.serving.server import GrpcServer, configure_logging, service_name
+from orbithash.serving.server import GrpcServer, run_service, service_name
 from orbithash.v1 import orbithash_pb2_grpc as rpc
 
 
@@ -35,12 +35,7 @@ def build_server(settings: IndexSettings) -> GrpcServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = IndexSettings.from_argv(argv)
-    configure_logging(settings.log_level)
-    server = build_server(settings)
-    server.start()
-    server.serve_forever()
-    return 0
+    return run_service(IndexSettings, build_server, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from orbithash.serving.interceptor import GrpcMetrics, ServiceInterceptor
 from orbithash.serving.settings import ServiceSettings
 from orbithash.v1 import orbithash_pb2
+
+S = TypeVar("S", bound=ServiceSettings)
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -68,8 +70,6 @@ class GrpcServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s, metrics on :%d", ",".join(self._service_names), self.address,
                  self.metrics_port)
-        if self.settings.ready_file:
-            Path(self.settings.ready_file).write_text(f"{self.port} {self.metrics_port}\n")
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first so load balancers stop sending, then drain in-flight RPCs."""
@@ -93,6 +93,17 @@ class GrpcServer:
         signal.signal(signal.SIGINT, on_signal)
         done.wait()
         self.stop()
+
+
+def run_service(settings_class: type[S], build_server: Callable[[S], GrpcServer],
+                argv: list[str] | None = None) -> int:
+    """Entry point shared by every ``python -m <service>``: settings, logging, serve until SIGTERM."""
+    settings = settings_class.from_argv(argv)
+    configure_logging(settings.log_level)
+    server = build_server(settings)
+    server.start()
+    server.serve_forever()
+    return 0
 
 
 def configure_logging(level: str) -> None:

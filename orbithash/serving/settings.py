@@ -22,7 +22,6 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(16, description="gRPC handler threads")
     grace_s: float = Field(5.0, description="seconds to drain in-flight RPCs on shutdown")
     log_level: str = Field("INFO", description="logging level")
-    ready_file: str | None = Field(None, description="write 'port metrics_port' here once serving")
 
     @classmethod
     def from_argv(cls: type[S], argv: list[str] | None = None) -> S:
