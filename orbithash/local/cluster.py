@@ -159,8 +159,16 @@ class Cluster:
         out["logs"] = str(self.config.work_dir / "logs")
         return out
 
+    def child_pids(self) -> dict[str, int]:
+        services = [self.encoder, *self.shards, self.gateway]
+        pids = {s.name: s.process.pid for s in services if s is not None}
+        for name, server in (("tritonserver", self.triton), ("redis-server", self.redis)):
+            if server is not None:
+                pids[name] = server.process.pid
+        return pids
+
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "endpoints": self.endpoints()}
+        state = {"pid": os.getpid(), "endpoints": self.endpoints(), "children": self.child_pids()}
         (self.config.work_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def stop(self) -> None:
