@@ -10,6 +10,7 @@ import io
 import warnings
 
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from orbithash import InvalidInput
@@ -17,27 +18,58 @@ from orbithash.model_facts import ModelFacts
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 64 * 1024 * 1024
-SUPPORTED_FORMATS = ("JPEG", "PNG", "TIFF")
+SUPPORTED_FORMATS = ("JPEG", "PNG")  # TIFF goes through tifffile
 
 
-def _to_rgb8(img: Image.Image) -> np.ndarray:
-    """RGB uint8 from any supported mode; 16-bit and float bands are rescaled by their range.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
-    Multi-band imagery keeps its first three bands (taken as R, G, B); single-band is repeated.
+
+def bands_to_rgb8(bands: np.ndarray) -> np.ndarray:
+    """H×W×B samples of any depth → H×W×3 uint8, by the documented rule.
+
+    Band choice: one band is repeated as grey; two bands (grey + alpha) keep the first; three or
+    more keep the first three as R, G, B (alpha or near-infrared beyond them is dropped).
+    Depth: uint8 is kept; any other type (16-bit, 32-bit, float) is stretched linearly from the
+    image's minimum..maximum over the kept bands to 0..255, so relative band balance survives.
     """
-    if img.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1"):
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    arr = arr[:, :, :3].astype(np.float64)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    if np.issubdtype(np.asarray(img).dtype, np.integer) and arr.max() <= 255 and arr.min() >= 0:
-        return arr.astype(np.uint8)
-    lo, hi = float(arr.min()), float(arr.max())
+    if bands.ndim == 2:
+        bands = bands[:, :, None]
+    if bands.shape[2] == 2:
+        bands = bands[:, :, :1]
+    rgb = np.repeat(bands, 3, axis=2) if bands.shape[2] == 1 else bands[:, :, :3]
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    values = rgb.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return np.clip((arr - lo) * scale, 0, 255).astype(np.uint8)
+    return np.clip(np.nan_to_num((values - lo) * scale, nan=0.0), 0, 255).astype(np.uint8)
+
+
+def _decode_tiff(data: bytes) -> np.ndarray:
+    """TIFF through tifffile: 8/16/32-bit and float samples, contiguous or planar, any band count."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            shape = series.shape
+            if int(np.prod(shape)) > MAX_PIXELS * 16:
+                raise InvalidInput(f"TIFF of shape {shape} is over the size limit")
+            arr = series.asarray()
+            axes = series.axes
+    except InvalidInput:
+        raise
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise InvalidInput(f"cannot decode TIFF: {exc}") from exc
+    keep = [a for a in axes if a in "YXSC"]
+    if len(keep) != arr.ndim:  # e.g. a stack of pages (Q/Z/T axes): take the first plane
+        while arr.ndim > len(keep):
+            arr = arr[0]
+        axes = "".join(keep)[-arr.ndim:]
+    if arr.ndim == 3 and axes.index("Y") > axes.index(next(a for a in axes if a in "SC")):
+        arr = np.moveaxis(arr, 0, -1)  # planar (bands first) → bands last
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise InvalidInput(f"image has {arr.shape[1]}x{arr.shape[0]} pixels, limit {MAX_PIXELS}")
+    return bands_to_rgb8(arr)
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -46,6 +78,8 @@ def decode_image(data: bytes) -> np.ndarray:
         raise InvalidInput("empty image bytes")
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidInput(f"image is {len(data)} bytes, limit {MAX_IMAGE_BYTES}")
+    if data[:4] in TIFF_MAGIC:
+        return _decode_tiff(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -55,7 +89,7 @@ def decode_image(data: bytes) -> np.ndarray:
             if img.width * img.height > MAX_PIXELS:
                 raise InvalidInput(f"image has {img.width}x{img.height} pixels, limit {MAX_PIXELS}")
             img.load()
-            return _to_rgb8(img)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except InvalidInput:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,

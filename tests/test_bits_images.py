@@ -67,3 +67,53 @@ def test_preprocess_normalises_as_the_facts_say() -> None:
     facts = ModelFacts("m", "v1", 16, ("a", "b"), 8, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
     x = preprocess(np.full((16, 16, 3), 255, np.uint8), facts)
     assert x.shape == (3, 8, 8) and np.allclose(x, 1.0)
+
+
+def _tiff(arr: np.ndarray, **kw: object) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kw)
+    return buf.getvalue()
+
+
+def test_16_bit_rgb_tiff_is_stretched_not_truncated() -> None:
+    # A dim 16-bit scene (1000..3000 of 65535): dropping the low byte would leave 3..11 of 255.
+    ramp = np.linspace(1000, 3000, 64).astype(np.uint16)
+    arr = np.stack([np.tile(ramp, (8, 1)), np.tile(ramp[::-1], (8, 1)), np.full((8, 64), 2000, np.uint16)], axis=2)
+    out = decode_image(_tiff(arr, photometric="rgb"))
+    expected = ((arr.astype(np.float64) - 1000) * (255 / 2000)).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255
+
+
+def test_multiband_tiff_uses_its_first_three_bands() -> None:
+    rng = np.random.default_rng(1)
+    four = rng.integers(0, 4000, (10, 12, 4)).astype(np.uint16)
+    four[..., 3] = 65535  # a bright near-infrared band must not change the RGB stretch
+    out = decode_image(_tiff(four, photometric="minisblack", planarconfig="contig"))
+    rgb = four[..., :3].astype(np.float64)
+    expected = ((rgb - rgb.min()) * (255 / (rgb.max() - rgb.min()))).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_planar_float_tiff_is_read_band_first() -> None:
+    planes = np.zeros((5, 6, 7), np.float32)
+    planes[0], planes[1], planes[2] = 1.0, 0.5, 0.0
+    out = decode_image(_tiff(planes, photometric="minisblack", planarconfig="separate"))
+    assert out.shape == (6, 7, 3)
+    assert (out[0, 0, 0], out[0, 0, 1], out[0, 0, 2]) == (255, 127, 0)
+
+
+def test_grey_alpha_and_single_band_tiffs() -> None:
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    np.testing.assert_array_equal(decode_image(_tiff(grey)), np.stack([grey] * 3, axis=2))
+    ga = np.stack([grey, np.full_like(grey, 255)], axis=2)
+    np.testing.assert_array_equal(decode_image(_tiff(ga, photometric="minisblack", planarconfig="contig")),
+                                  np.stack([grey] * 3, axis=2))
+
+
+def test_damaged_tiff_is_invalid_input() -> None:
+    data = _tiff(np.zeros((64, 64), np.uint16))
+    with pytest.raises(InvalidInput, match="TIFF"):
+        decode_image(data[:12] + b"\x00" * 8)
