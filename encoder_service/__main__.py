@@ -34,7 +34,8 @@ def build_server(settings: EncoderSettings) -> GrpcServer:
         "model %s version %s: %d bits, %d classes, via %s", facts.name, facts.version, facts.bits,
         len(facts.class_names), settings.triton_url or "in-process ONNX Runtime")
     return GrpcServer(settings, [service_name("Encoder")],
-                      lambda server: rpc.add_EncoderServicer_to_server(servicer, server), registry)
+                      lambda server: rpc.add_EncoderServicer_to_server(servicer, server), registry,
+                      ready=backend.ready)
 
 
 def main(argv: list[str] | None = None) -> int:

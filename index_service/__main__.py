@@ -31,7 +31,8 @@ def build_server(settings: IndexSettings) -> GrpcServer:
     shard.open()
     servicer = IndexShardServicer(shard)
     return GrpcServer(settings, [service_name("IndexShard")],
-                      lambda server: rpc.add_IndexShardServicer_to_server(servicer, server), registry)
+                      lambda server: rpc.add_IndexShardServicer_to_server(servicer, server), registry,
+                      ready=lambda: bool(client.ping()))
 
 
 def main(argv: list[str] | None = None) -> int:

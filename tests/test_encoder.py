@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import onnx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orbithash import Unavailable
 from orbithash.data import Split
@@ -26,13 +27,18 @@ def triton(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module")
-def encoder(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[rpc.EncoderStub]:
+def encoder_address(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     service = start_service("encoder", "encoder_service",
                             ["--triton-url", triton.url, "--max-images", "8", "--max-batch", "4",
                              "--triton-timeout-s", "5"], tmp_path_factory.mktemp("logs"), timeout=60)
-    with grpc.insecure_channel(service.address) as channel:
-        yield rpc.EncoderStub(channel)
+    yield service.address
     service.process.stop()
+
+
+@pytest.fixture(scope="module")
+def encoder(encoder_address: str) -> Iterator[rpc.EncoderStub]:
+    with grpc.insecure_channel(encoder_address) as channel:
+        yield rpc.EncoderStub(channel)
 
 
 def test_stream_answers_each_batch_in_order(encoder: rpc.EncoderStub, ucm_subset: Split) -> None:
@@ -69,8 +75,17 @@ def test_bad_requests_get_their_status(encoder: rpc.EncoderStub, ucm_subset: Spl
     assert needle in err.value.details()
 
 
-def test_triton_outage_is_unavailable_and_the_encoder_recovers(encoder: rpc.EncoderStub, triton: TritonServer,
-                                                               ucm_subset: Split) -> None:
+def wait_for_health(address: str, status: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while stub.Check(health_pb2.HealthCheckRequest(service="orbithash.v1.Encoder"), timeout=5).status != status:
+            assert time.monotonic() < deadline, f"encoder health never became {status}"
+            time.sleep(0.2)
+
+
+def test_triton_outage_is_unavailable_and_the_encoder_recovers(encoder: rpc.EncoderStub, encoder_address: str,
+                                                               triton: TritonServer, ucm_subset: Split) -> None:
     request = pb.EncodeRequest(images=[ucm_subset.database[0].data])
     expected = encoder.Encode(request, timeout=30).encodings[0].code
     triton.stop()
@@ -78,7 +93,9 @@ def test_triton_outage_is_unavailable_and_the_encoder_recovers(encoder: rpc.Enco
         encoder.Encode(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "Triton" in err.value.details()
+    wait_for_health(encoder_address, health_pb2.HealthCheckResponse.NOT_SERVING)
     triton.restart()
+    wait_for_health(encoder_address, health_pb2.HealthCheckResponse.SERVING)
     deadline = time.monotonic() + 20
     while True:
         try:

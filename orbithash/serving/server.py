@@ -37,8 +37,10 @@ class GrpcServer:
     """
 
     def __init__(self, settings: ServiceSettings, service_names: list[str],
-                 add_servicers: Callable[[grpc.Server], None], registry: CollectorRegistry) -> None:
+                 add_servicers: Callable[[grpc.Server], None], registry: CollectorRegistry,
+                 ready: Callable[[], bool] | None = None) -> None:
         self.settings = settings
+        self._ready = ready
         self.registry = registry
         self._service_names = service_names
         self._stopped = threading.Event()
@@ -66,10 +68,31 @@ class GrpcServer:
 
     def start(self) -> None:
         self._server.start()
-        for name in ["", *self._service_names]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(True)
+        if self._ready is not None:
+            threading.Thread(target=self._watch_readiness, name="readiness", daemon=True).start()
         log.info("serving %s on %s, metrics on :%d", ",".join(self._service_names), self.address,
                  self.metrics_port)
+
+    def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._service_names]:
+            self.health.set(name, status)
+
+    def _watch_readiness(self, period: float = 2.0) -> None:
+        """Health follows the dependency (Triton, Redis): NOT_SERVING takes a pod out of rotation."""
+        assert self._ready is not None
+        serving = True
+        while not self._stopped.wait(period):
+            try:
+                now = bool(self._ready())
+            except Exception:
+                now = False
+            if now != serving and not self._stopped.is_set():
+                log.warning("dependency %s: health %s", "back" if now else "lost",
+                            "SERVING" if now else "NOT_SERVING")
+                self._set_health(now)
+                serving = now
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first so load balancers stop sending, then drain in-flight RPCs."""
