@@ -1,4 +1,4 @@
-"""The ``orbithash`` command: demo, up, down, train."""
+"""The ``orbithash`` command: demo, up, down, train, evaluate."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 DEFAULT_REPO = Path("model_repository")
 DEFAULT_WORK = Path("runs") / "cluster"
+DEFAULT_CHECKPOINTS = Path("runs") / "checkpoints"
+DEFAULT_EVAL = Path("runs") / "evaluate"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -63,14 +65,53 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily: torch is slow to load)
+    from dataclasses import replace
+
+    from orbithash.config import TrainConfig, load_config
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    config = config.with_overrides(dataset=str(args.data) if args.data else None, bits=args.bits,
+                                   seed=args.seed, method=args.method)
+    if args.epochs is not None:
+        config = replace(config, head=replace(config.head, epochs=args.epochs))
+    return config
+
+
 def _train(args: argparse.Namespace) -> int:
-    from orbithash.data import load_split
     from orbithash.train import train_and_export
 
-    split = load_split(args.data)
-    facts = train_and_export(split, bits=args.bits, repo_dir=args.model_repository, seed=args.seed)
+    config = _run_config(args)
+    checkpoint = args.checkpoint or (DEFAULT_CHECKPOINTS / f"{config.model_name}-{config.method}-"
+                                     f"{config.bits}b-seed{config.seed}.pt")
+    facts = train_and_export(config.load_split(), bits=config.bits, repo_dir=args.model_repository,
+                             model_name=config.model_name, seed=config.seed, config=config.head,
+                             method=config.method, loss=config.make_loss(), checkpoint=checkpoint)
     print(json.dumps({"name": facts.name, "version": facts.version, "bits": facts.bits,
-                      "classes": len(facts.class_names)}))
+                      "classes": len(facts.class_names), "method": facts.method}))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from orbithash.evaluate import format_table, sweep, write_report
+    from orbithash.train import backbone_facts, cached_features
+
+    config = _run_config(args)
+    split = config.load_split()
+    methods = args.methods.split(",")
+    bits_list = [int(b) for b in args.bits_list.split(",")]
+    feats = cached_features(split, backbone_facts(split, max(bits_list)), config.head.views)
+    results = sweep(feats, split.labels("database"), split.labels("queries"), len(split.class_names), methods,
+                    bits_list, head_config=config.head, loss_params={config.method: config.loss}, seed=config.seed)
+    meta = {"dataset": split.name, "protocol": config.protocol, "database": len(split.database),
+            "queries": len(split.queries), "seed": config.seed, "backbone": config.backbone,
+            "head": asdict(config.head), "ties": "database order (stable sort)"}
+    paths = write_report(results, args.out, meta)
+    print(format_table(results))
+    print(format_table(results, "map_tie_aware"))
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
 
 
@@ -106,12 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     down.set_defaults(func=_down)
 
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=None, help="training config (.yaml/.toml, see configs/)")
+        p.add_argument("--data", type=Path, default=None, help="dataset zip or folder (overrides the config)")
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--method", default=None, help="loss: dhcnn, dpsh, dsh, aurora (overrides the config)")
+        p.add_argument("--epochs", type=int, default=None, help="head epochs (overrides the config)")
+
     train = sub.add_parser("train", help="train a model and export it to the model repository")
     common(train)
-    train.add_argument("--data", type=Path, default=None)
-    train.add_argument("--bits", type=int, default=64)
-    train.add_argument("--seed", type=int, default=0)
+    run_options(train)
+    train.add_argument("--bits", type=int, default=None)
+    train.add_argument("--checkpoint", type=Path, default=None,
+                       help=f"head checkpoint, resumed when it matches (default under {DEFAULT_CHECKPOINTS})")
     train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="score methods × code lengths on the config's dataset")
+    run_options(evaluate)
+    evaluate.set_defaults(bits=None)
+    evaluate.add_argument("--methods", default="dhcnn,dpsh,dsh,itq,lsh")
+    evaluate.add_argument("--bits-list", default="16,32,48,64")
+    evaluate.add_argument("--out", type=Path, default=DEFAULT_EVAL, help="report.json and PNG plots go here")
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

@@ -1,10 +1,12 @@
-"""Train the DHCNN head on cached backbone features and export the whole network.
+"""Train a hashing head on cached backbone features and export the whole network.
 
 The backbone stays frozen (ImageNet EfficientNet-Lite0), so its pooled features are computed
 once per dataset, with ONNX Runtime (~10× faster than torch on CPU here), and cached on disk;
 flipped and rotated copies of each training image are cached beside them as cheap augmentation
 (aerial scenes have no canonical orientation). Only the head u = W f + v → classifier is fitted,
-in seconds, with fixed seeds. Images pass through ``orbithash.images`` exactly as when served.
+in seconds, with fixed seeds, by any loss of ``orbithash.losses`` (DHCNN by default); with a
+checkpoint path the fit saves its full state every epoch and resumes bit-identically.
+Images pass through ``orbithash.images`` exactly as when served.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from orbithash.bits import pack_signs
 from orbithash.data import ImageRecord, Split
 from orbithash.export import export_model, load_facts_from_onnx, model_path, onnx_bytes
 from orbithash.images import decode_image, preprocess
-from orbithash.losses import DHCNNLoss
+from orbithash.losses import BaseHashLoss, DHCNNLoss
 from orbithash.metrics import accuracy, mean_average_precision
 from orbithash.model_facts import ModelFacts
 from orbithash.models import (
@@ -97,11 +99,11 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "cache"
 
 
-def backbone_facts(split: Split, bits: int, name: str = "orbithash") -> ModelFacts:
+def backbone_facts(split: Split, bits: int, name: str = "orbithash", method: str = "dhcnn") -> ModelFacts:
     """Facts of a model on this split before export gives it its version."""
     return ModelFacts(name=name, version="pending", bits=bits, class_names=split.class_names,
                       input_size=BACKBONE_INPUT_SIZE, mean=BACKBONE_MEAN, std=BACKBONE_STD,
-                      method="dhcnn", backbone=BACKBONE_NAME)
+                      method=method, backbone=BACKBONE_NAME)
 
 
 class OnnxBackbone:
@@ -172,12 +174,27 @@ def cached_features(split: Split, facts: ModelFacts, views: Sequence[str], *, ca
     return Features(db, queries)
 
 
+def _fingerprint(x: np.ndarray, labels: np.ndarray, bits: int, num_classes: int, config: HeadConfig,
+                 seed: int, loss: BaseHashLoss) -> str:
+    """What a checkpoint must match to be resumed: data, shapes, hyper-parameters, loss, seed."""
+    params = sorted((k, v) for k, v in vars(loss).items() if isinstance(v, int | float | str | None))
+    h = hashlib.sha256(repr((x.shape, bits, num_classes, config, seed, type(loss).__name__, params)).encode())
+    h.update(np.ascontiguousarray(x[:: max(1, len(x) // 256)]).tobytes())
+    h.update(np.asarray(labels, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num_classes: int,
-             config: HeadConfig, *, seed: int = 0, progress: bool = False) -> HashHead:
-    """Fit the hash layer and classifier with DHCNNLoss on every view's features.
+             config: HeadConfig, *, seed: int = 0, progress: bool = False, loss: BaseHashLoss | None = None,
+             checkpoint: Path | None = None, on_epoch_end: Callable[[int], None] | None = None) -> HashHead:
+    """Fit the hash layer and classifier with ``loss`` (default DHCNN from ``config``) on every view.
 
     Features are standardised for the fit and the scaling folded back into W and v afterwards,
-    so the exported hash layer still reads raw pooled features.
+    so the exported hash layer still reads raw pooled features. With ``checkpoint`` the head,
+    optimiser, schedule and numpy RNG state are written after every epoch and a matching
+    checkpoint (same data, hyper-parameters, loss and seed) is resumed from, so an interrupted
+    fit ends with the same weights as an uninterrupted one; a non-matching one is ignored and
+    overwritten. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -190,10 +207,24 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
     xt = torch.from_numpy((x - mean) * scale)
     yt = torch.from_numpy(y)
     head = HashHead(x.shape[1], bits, num_classes)
-    loss_fn = DHCNNLoss(theta_scale=config.theta_scale, beta=config.beta, eta=config.eta)
+    loss_fn = loss if loss is not None else DHCNNLoss(theta_scale=config.theta_scale, beta=config.beta,
+                                                      eta=config.eta)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(x) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
+    first_epoch = 0
+    fingerprint = _fingerprint(x, y, bits, num_classes, config, seed, loss_fn) if checkpoint else ""
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            head.load_state_dict(state["head"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            rng.bit_generator.state = state["rng"]
+            first_epoch = int(state["epoch"])
+            log.info("resuming the head fit from %s at epoch %d", checkpoint, first_epoch)
+        else:
+            log.warning("checkpoint %s is from another fit; starting afresh", checkpoint)
     # Dropout masks from numpy bytes: ~10× cheaper than torch's Bernoulli, the largest cost here.
     drop_below = round(config.feature_dropout * 256)
     keep_scale = 256 / (256 - drop_below)
@@ -201,7 +232,8 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
     torch.set_num_threads(1)  # the matrices are small: a second thread costs more than it gives
     head.train()
     try:
-        for _ in tqdm(range(config.epochs), desc="head", unit="epoch", disable=not progress):
+        for epoch in tqdm(range(first_epoch, config.epochs), desc="head", unit="epoch", disable=not progress,
+                          initial=first_epoch, total=config.epochs):
             for idx in torch.from_numpy(rng.permutation(len(x))).split(config.batch_size):
                 if len(idx) < 2:
                     continue
@@ -215,6 +247,12 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
                 loss.backward()
                 opt.step()
                 sched.step()
+            if checkpoint is not None:
+                _save_checkpoint(Path(checkpoint), {
+                    "fingerprint": fingerprint, "epoch": epoch + 1, "head": head.state_dict(),
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
     finally:
         torch.set_num_threads(threads)
     head.eval()
@@ -223,6 +261,13 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
         head.hash.bias -= w @ torch.from_numpy(mean)
         head.hash.weight.copy_(w)
     return head
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def evaluate_head(head: HashHead, db_features: np.ndarray, db_labels: np.ndarray,
@@ -240,16 +285,21 @@ def evaluate_head(head: HashHead, db_features: np.ndarray, db_labels: np.ndarray
 
 def train(split: Split, *, bits: int = 64, seed: int = 0, epochs: int | None = None,
           config: HeadConfig | None = None, cache_dir: Path | None = None,
-          progress: bool = True) -> TrainResult:
-    """Cache features, fit the head, score it; the model is the full backbone + head network."""
+          progress: bool = True, method: str = "dhcnn", loss: BaseHashLoss | None = None,
+          checkpoint: Path | None = None) -> TrainResult:
+    """Cache features, fit the head, score it; the model is the full backbone + head network.
+
+    ``method`` names the loss in the model's facts; ``loss`` is that method's loss (default
+    DHCNN from ``config``).
+    """
     config = config or HeadConfig()
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    facts = backbone_facts(split, bits)
+    facts = backbone_facts(split, bits, method=method)
     feats = cached_features(split, facts, config.views, cache_dir=cache_dir, progress=progress)
     db_labels, q_labels = split.labels("database"), split.labels("queries")
     head = fit_head(feats.database, db_labels, bits, len(split.class_names), config, seed=seed,
-                    progress=progress)
+                    progress=progress, loss=loss, checkpoint=checkpoint)
     metrics = evaluate_head(head, feats.database["orig"], db_labels, feats.queries, q_labels) \
         if split.queries else {}
     log.info("trained %d-bit head on %s: %s", bits, split.name, metrics)
@@ -260,9 +310,11 @@ def train(split: Split, *, bits: int = 64, seed: int = 0, epochs: int | None = N
 
 def train_and_export(split: Split, *, bits: int = 64, repo_dir: Path, model_name: str = "orbithash",
                      seed: int = 0, epochs: int | None = None, progress: bool = True,
-                     cache_dir: Path | None = None) -> ModelFacts:
+                     cache_dir: Path | None = None, config: HeadConfig | None = None, method: str = "dhcnn",
+                     loss: BaseHashLoss | None = None, checkpoint: Path | None = None) -> ModelFacts:
     """Train on the split's database and export to ``repo_dir/<model_name>``; return the facts."""
-    result = train(split, bits=bits, seed=seed, epochs=epochs, cache_dir=cache_dir, progress=progress)
+    result = train(split, bits=bits, seed=seed, epochs=epochs, cache_dir=cache_dir, progress=progress,
+                   config=config, method=method, loss=loss, checkpoint=checkpoint)
     path = export_model(result.model, result.facts, Path(repo_dir), model_name)
     return load_facts_from_onnx(path)
 

