@@ -6,9 +6,9 @@ Same model (model_repository/orbithash, trained first if missing), same UC Merce
 Three paths, batch sizes 1, 8 and 32, sequential requests from one client:
   triton      gRPC Encode → encoder service → Triton (python backend running ONNX Runtime)
   embedded    gRPC Encode → encoder service with in-process ONNX Runtime
-  onnxruntime no service: decode + preprocess + session.run in this process (the reference)
+  onnxruntime no service: decode + resize + session.run in this process (the reference)
 ``overhead_ratio`` = triton img/s ÷ onnxruntime img/s at batch 32 (target ≥ 0.85). The plain
-inference rate on preprocessed tensors is printed too, to show what decoding costs. Ends with a
+inference rate on already decoded pixels is printed too, to show what decoding costs. Ends with a
 JSON line of named figures.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from orbithash.data import load_split
-from orbithash.images import preprocess_batch
+from orbithash.images import pixels_batch
 from orbithash.local.cluster import start_service
 from orbithash.local.triton import TritonServer
 from orbithash.model_facts import INPUT_NAME, ModelFacts
@@ -76,9 +76,9 @@ def main() -> int:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
 
     def plain(batch: list[bytes]) -> None:
-        session.run(None, {INPUT_NAME: preprocess_batch(batch, facts)})
+        session.run(None, {INPUT_NAME: pixels_batch(batch, facts)})
 
-    tensors = preprocess_batch(images, facts)
+    tensors = pixels_batch(images, facts)
 
     def inference_only(batch: list[bytes]) -> None:
         session.run(None, {INPUT_NAME: tensors[: len(batch)]})

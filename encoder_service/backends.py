@@ -1,7 +1,7 @@
 """Inference backends: the same ONNX model served by Triton or run in-process.
 
 Both read the model's facts from the model itself (Triton config parameters or ONNX metadata)
-and return ``(u, logits)`` for a preprocessed float32 batch.
+and return ``(u, logits)`` for a batch of N×3×S×S uint8 pixels (the model normalises inside).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class OnnxRuntimeBackend:
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         meta = self._session.get_modelmeta().custom_metadata_map
         self.facts = ModelFacts.from_params(dict(meta))
+        given = self._session.get_inputs()[0].type
+        if given != "tensor(uint8)":
+            raise ModelFactsError(f"{model_path} takes {given}; the encoder sends uint8 pixels (re-export it)")
 
     def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         u, logits = self._session.run([OUTPUT_U, OUTPUT_LOGITS], {INPUT_NAME: batch})
@@ -76,6 +79,9 @@ class TritonBackend:
             config = self._client.get_model_config(model_name, as_json=True, client_timeout=timeout_s)
         except InferenceServerException as exc:
             raise Unavailable(f"Triton at {url} unreachable: {exc.message()}") from exc
+        inputs = config.get("config", {}).get("input", [])
+        if not inputs or inputs[0].get("data_type") != "TYPE_UINT8":
+            raise ModelFactsError(f"Triton model {model_name!r} does not take uint8 pixels: re-export it")
         params = config.get("config", {}).get("parameters", {})
         try:
             self.facts = ModelFacts.from_params({k: v["string_value"] for k, v in params.items()})
@@ -85,8 +91,8 @@ class TritonBackend:
     def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         tg = self._tgrpc
         deadline = self._timeout if timeout is None else max(0.001, min(self._timeout, timeout))
-        inp = tg.InferInput(INPUT_NAME, list(batch.shape), "FP32")
-        inp.set_data_from_numpy(np.ascontiguousarray(batch, np.float32))
+        inp = tg.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
+        inp.set_data_from_numpy(np.ascontiguousarray(batch, np.uint8))
         outputs = [tg.InferRequestedOutput(OUTPUT_U), tg.InferRequestedOutput(OUTPUT_LOGITS)]
         try:
             result = self._client.infer(self._model, [inp], outputs=outputs, client_timeout=deadline)

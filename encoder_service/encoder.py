@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from encoder_service.backends import InferenceBackend
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.bits import pack_signs
-from orbithash.images import decode_image, preprocess
+from orbithash.images import decode_image, resize_pixels
 from orbithash.model_facts import ModelFacts
 
 
@@ -51,13 +51,13 @@ class Encoder:
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
 
     def _prepare(self, images: list[bytes]) -> np.ndarray:
-        """Decode and preprocess on a thread pool (Pillow releases the GIL while it decodes)."""
+        """Decode and resize on a thread pool (Pillow releases the GIL while it decodes)."""
         facts = self.facts
-        out = np.empty((len(images), 3, facts.input_size, facts.input_size), np.float32)
+        out = np.empty((len(images), 3, facts.input_size, facts.input_size), np.uint8)
 
         def one(i: int) -> None:
             try:
-                out[i] = preprocess(decode_image(images[i]), facts)
+                out[i] = resize_pixels(decode_image(images[i]), facts.input_size)
             except InvalidInput as exc:
                 raise InvalidInput(f"image {i}: {exc}") from exc
 

@@ -49,7 +49,9 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
             f"facts say {facts.bits} bits/{len(facts.class_names)} classes, the model has "
             f"{model.bits} bits/{model.head.num_classes} classes"
         )
-    proto = onnx.load_from_string(onnx_bytes(model, facts.input_size, [INPUT_NAME], [OUTPUT_U, OUTPUT_LOGITS]))
+    serving = ServingNet(model, facts).train(model.training)  # export restores this mode afterwards
+    proto = onnx.load_from_string(onnx_bytes(serving, facts.input_size, [INPUT_NAME], [OUTPUT_U, OUTPUT_LOGITS],
+                                             dtype=torch.uint8))
     del proto.metadata_props[:]
     facts = replace(facts, name=model_name, version="pending")
     described = json.dumps({k: v for k, v in facts.to_params().items() if k != "orbithash.version"},
@@ -73,9 +75,26 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
     return path
 
 
+class ServingNet(torch.nn.Module):
+    """What Triton and the encoder run: uint8 pixels in, normalised inside the graph.
+
+    Pixels are a quarter of the bytes of float32 tensors on every hop (encoder → Triton over
+    gRPC, and onto the GPU), and the normalisation travels with the model it belongs to.
+    """
+
+    def __init__(self, model: HashNet, facts: ModelFacts) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(facts.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(facts.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model((pixels.float() - self.mean) / self.std)
+
+
 def onnx_bytes(module: torch.nn.Module, input_size: int, input_names: list[str],
-               output_names: list[str]) -> bytes:
-    """Serialized ONNX (opset 17) of ``module`` on N×3×S×S float input, batch size dynamic."""
+               output_names: list[str], dtype: torch.dtype = torch.float32) -> bytes:
+    """Serialized ONNX (opset 17) of ``module`` on N×3×S×S input of ``dtype``, batch size dynamic."""
     was_training = module.training
     module.eval()
     buf = io.BytesIO()
@@ -87,7 +106,7 @@ def onnx_bytes(module: torch.nn.Module, input_size: int, input_names: list[str],
             # the backbone's strided Slice ops are not constant-folded (they run fine).
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", "Constant folding", UserWarning)
-            torch.onnx.export(module, (torch.zeros(2, 3, input_size, input_size),), buf,
+            torch.onnx.export(module, (torch.zeros(2, 3, input_size, input_size, dtype=dtype),), buf,
                               input_names=input_names, output_names=output_names, dynamic_axes=batch,
                               opset_version=OPSET, dynamo=False)
     finally:
@@ -123,7 +142,7 @@ def triton_config(facts: ModelFacts, model_name: str) -> str:
         'backend: "python"',
         f"max_batch_size: {MAX_BATCH_SIZE}",
         "input [",
-        f'  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }}',
+        f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ 3, {size}, {size} ] }}',
         "]",
         "output [",
         f'  {{ name: "{OUTPUT_U}" data_type: TYPE_FP32 dims: [ {facts.bits} ] }},',
@@ -143,4 +162,7 @@ def load_facts_from_onnx(path: Path) -> ModelFacts:
         proto = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError, ValueError) as exc:
         raise ModelFactsError(f"cannot read model {path}: {exc}") from exc
+    inputs = proto.graph.input
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        raise ModelFactsError(f"{path} does not take one uint8 pixel input: an older export, train again")
     return ModelFacts.from_params({p.key: p.value for p in proto.metadata_props})

@@ -97,22 +97,37 @@ def decode_image(data: bytes) -> np.ndarray:
         raise InvalidInput(f"cannot decode image: {exc}") from exc
 
 
-def preprocess(rgb: np.ndarray, facts: ModelFacts) -> np.ndarray:
-    """H×W×3 uint8 → 3×S×S float32 normalised as the model expects (bilinear resize)."""
-    size = facts.input_size
+def resize_pixels(rgb: np.ndarray, size: int) -> np.ndarray:
+    """H×W×3 uint8 → 3×S×S uint8 (bilinear): what the served model takes as input."""
     if rgb.shape[0] != size or rgb.shape[1] != size:
         rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-    x = rgb.astype(np.float32)
-    x = (x - np.asarray(facts.mean, np.float32)) / np.asarray(facts.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
-def preprocess_batch(images: list[bytes], facts: ModelFacts) -> np.ndarray:
-    """Decode and preprocess a batch; the error names the failing image's index."""
-    out = np.empty((len(images), 3, facts.input_size, facts.input_size), np.float32)
+def normalise(pixels: np.ndarray, facts: ModelFacts) -> np.ndarray:
+    """uint8 pixels (…×3×S×S) → float32 (x − mean) / std, as the exported graph does inside."""
+    shape = (3, 1, 1)
+    mean = np.asarray(facts.mean, np.float32).reshape(shape)
+    std = np.asarray(facts.std, np.float32).reshape(shape)
+    return (pixels.astype(np.float32) - mean) / std
+
+
+def preprocess(rgb: np.ndarray, facts: ModelFacts) -> np.ndarray:
+    """H×W×3 uint8 → 3×S×S float32 normalised: the network's input during training."""
+    return normalise(resize_pixels(rgb, facts.input_size), facts)
+
+
+def pixels_batch(images: list[bytes], facts: ModelFacts) -> np.ndarray:
+    """Decode and resize a batch to N×3×S×S uint8; the error names the failing image's index."""
+    out = np.empty((len(images), 3, facts.input_size, facts.input_size), np.uint8)
     for i, data in enumerate(images):
         try:
-            out[i] = preprocess(decode_image(data), facts)
+            out[i] = resize_pixels(decode_image(data), facts.input_size)
         except InvalidInput as exc:
             raise InvalidInput(f"image {i}: {exc}") from exc
     return out
+
+
+def preprocess_batch(images: list[bytes], facts: ModelFacts) -> np.ndarray:
+    """Decode, resize and normalise a batch (N×3×S×S float32)."""
+    return normalise(pixels_batch(images, facts), facts)

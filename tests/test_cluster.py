@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from encoder_service.backends import OnnxRuntimeBackend
 from orbithash.bits import pack_signs
 from orbithash.data import Split
-from orbithash.images import preprocess_batch
+from orbithash.images import pixels_batch
 from orbithash.local.cluster import Cluster
 from orbithash.v1 import orbithash_pb2 as pb
 from orbithash.v1 import orbithash_pb2_grpc as rpc
@@ -126,7 +126,7 @@ def test_triton_encoder_matches_in_process_onnxruntime(cluster: Cluster, ucm_sub
     with grpc.insecure_channel(cluster.encoder.address) as channel:
         reply = rpc.EncoderStub(channel).Encode(pb.EncodeRequest(images=[r.data for r in records]), timeout=120)
     backend = OnnxRuntimeBackend(cluster.model_path)
-    u, _ = backend.infer(preprocess_batch([r.data for r in records], backend.facts))
+    u, _ = backend.infer(pixels_batch([r.data for r in records], backend.facts))
     served = np.array([e.u for e in reply.encodings], np.float32)
     np.testing.assert_allclose(served, u, atol=1e-4)
     assert [e.code for e in reply.encodings] == [c.tobytes() for c in pack_signs(u)]

@@ -14,7 +14,7 @@ from torch import nn
 from orbithash.bits import pack_signs
 from orbithash.data import Split, load_split
 from orbithash.export import export_model, load_facts_from_onnx, pbtxt_string
-from orbithash.images import preprocess_batch
+from orbithash.images import normalise, pixels_batch
 from orbithash.metrics import mean_average_precision
 from orbithash.model_facts import ModelFacts, ModelFactsError
 from orbithash.models import HashNet, lsh_codes
@@ -42,7 +42,7 @@ class Trained:
     def run(self, records: list) -> tuple[np.ndarray, np.ndarray]:
         us, logits = [], []
         for i in range(0, len(records), 16):
-            x = preprocess_batch([r.data for r in records[i:i + 16]], self.facts)
+            x = pixels_batch([r.data for r in records[i:i + 16]], self.facts)
             u, lg = self.session.run(None, {"images": x})
             us.append(u)
             logits.append(lg)
@@ -61,10 +61,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 def test_onnx_outputs_match_the_torch_model(trained: Trained) -> None:
     inputs, outputs = trained.session.get_inputs(), trained.session.get_outputs()
     assert [i.name for i in inputs] == ["images"] and inputs[0].shape[1:] == [3, 224, 224]
+    assert inputs[0].type == "tensor(uint8)"
     assert [o.name for o in outputs] == ["u", "logits"]
-    x = preprocess_batch([r.data for r in trained.split.queries[:3]], trained.facts)
+    x = pixels_batch([r.data for r in trained.split.queries[:3]], trained.facts)  # uint8: normalised in-graph
     with torch.no_grad():
-        u_t, logits_t = trained.result.model(torch.from_numpy(x))
+        u_t, logits_t = trained.result.model(torch.from_numpy(normalise(x, trained.facts)))
     u, logits = trained.session.run(None, {"images": x})
     assert u.shape == (3, BITS) and logits.shape == (3, 21)
     np.testing.assert_allclose(u, u_t.numpy(), atol=1e-4)
@@ -92,7 +93,8 @@ def test_triton_config_parses_and_carries_the_facts(trained: Trained) -> None:
     assert (config.name, config.backend, config.max_batch_size) == ("tiny", "python", 64)
     assert [(i.name, list(i.dims)) for i in config.input] == [("images", [3, 224, 224])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("u", [BITS]), ("logits", [21])]
-    assert all(t.data_type == model_config.TYPE_FP32 for t in [*config.input, *config.output])
+    assert [t.data_type for t in config.input] == [model_config.TYPE_UINT8]
+    assert all(t.data_type == model_config.TYPE_FP32 for t in config.output)
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
     assert config.instance_group[0].kind == model_config.ModelInstanceGroup.KIND_CPU
     params = {k: v.string_value for k, v in config.parameters.items()}

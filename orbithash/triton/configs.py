@@ -16,7 +16,7 @@ from string import Template
 TEMPLATE = Path(__file__).with_name("gpu.pbtxt.template")
 CPU_CONFIG_NAME = "cpu"  # --model-config-name used by deploy/k8s/overlays/cpu
 REPLACED = ("backend:", "max_batch_size:", "dynamic_batching", "instance_group")
-INPUT = re.compile(r'\{ name: "(?P<name>\w+)" data_type: TYPE_FP32 dims: \[ 3, (?P<size>\d+), (?P=size) \] \}')
+INPUT = re.compile(r'\{ name: "(?P<name>\w+)" data_type: (?P<type>TYPE_\w+) dims: \[ 3, (?P<size>\d+), (?P=size) \] \}')
 GPU_ONLY = re.compile(r"^# gpu-only: begin.*?^# gpu-only: end\n", re.M | re.S)
 
 
@@ -29,7 +29,8 @@ def gpu_config(cpu_config: str) -> str:
     match = INPUT.search(cpu_config)
     if match is None:
         raise ValueError("no input of shape [3, S, S] in the config")
-    block = Template(TEMPLATE.read_text()).substitute(INPUT_NAME=match["name"], INPUT_SIZE=match["size"])
+    block = Template(TEMPLATE.read_text()).substitute(INPUT_NAME=match["name"], INPUT_TYPE=match["type"],
+                                                          INPUT_SIZE=match["size"])
     kept = [line for i, line in enumerate(lines) if i not in found]
     kept.insert(min(found), block.rstrip("\n"))  # type: ignore[type-var]
     return "\n".join(kept) + "\n"
