@@ -7,12 +7,12 @@ and return ``(u, logits)`` for a batch of N×3×S×S uint8 pixels (the model nor
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from orbithash import OrbitHashError, TritonFailure, Unavailable
+from orbithash.exported import ExportedModel
 from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
 
 
@@ -24,27 +24,11 @@ class InferenceBackend(Protocol):
     def ready(self) -> bool: ...
 
 
-class OnnxRuntimeBackend:
-    """The embedded default: ONNX Runtime in this process."""
-
-    def __init__(self, model_path: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        if not model_path.is_file():
-            raise Unavailable(f"no model at {model_path}: run `orbithash train` first")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        meta = self._session.get_modelmeta().custom_metadata_map
-        self.facts = ModelFacts.from_params(dict(meta))
-        given = self._session.get_inputs()[0].type
-        if given != "tensor(uint8)":
-            raise ModelFactsError(f"{model_path} takes {given}; the encoder sends uint8 pixels (re-export it)")
+class OnnxRuntimeBackend(ExportedModel):
+    """The embedded default: the exported model in this process (no deadline to honour)."""
 
     def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        u, logits = self._session.run([OUTPUT_U, OUTPUT_LOGITS], {INPUT_NAME: batch})
-        return np.asarray(u, np.float32), np.asarray(logits, np.float32)
+        return super().infer(batch)
 
     def ready(self) -> bool:
         return True

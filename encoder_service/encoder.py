@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from encoder_service.backends import InferenceBackend
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.bits import pack_signs
+from orbithash.exported import softmax
 from orbithash.images import decode_image, resize_pixels
 from orbithash.model_facts import ModelFacts
 
@@ -21,12 +22,6 @@ class EncodedBatch:
     u: np.ndarray              # (n, K) float32
     probabilities: np.ndarray  # (n, C) float32
     labels: np.ndarray         # (n,) int64
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class EncoderMetrics:

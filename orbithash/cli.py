@@ -92,9 +92,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_exported(args: argparse.Namespace) -> int:
+    """Score the model that is exported (and served), encoding every image through it."""
+    from orbithash.evaluate import evaluate_exported, write_report
+
+    config = _run_config(args)
+    split = config.load_split()
+    path = args.model_repository / "orbithash" / "1" / "model.onnx"
+    result, meta = evaluate_exported(path, split)
+    paths = write_report([result], args.out, {**meta, "protocol": config.protocol, "seed": config.seed})
+    summary = {k: result[k] for k in ("method", "bits", "map", "map_tie_aware", "accuracy", "precision_radius_2")}
+    print(json.dumps({**summary, "dataset": split.name, **{k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    if args.exported:
+        return _evaluate_exported(args)
     from orbithash.evaluate import format_table, sweep, write_report
     from orbithash.train import backbone_facts, cached_features
 
@@ -163,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="score methods × code lengths on the config's dataset")
+    common(evaluate)
     run_options(evaluate)
+    evaluate.add_argument("--exported", action="store_true",
+                          help="score the exported model in --model-repository (what the encoder serves)")
     evaluate.set_defaults(bits=None)
     evaluate.add_argument("--methods", default="dhcnn,dpsh,dsh,itq,lsh")
     evaluate.add_argument("--bits-list", default="16,32,48,64")

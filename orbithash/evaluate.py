@@ -22,6 +22,7 @@ import torch
 
 from orbithash.baselines import fit_itq, fit_lsh
 from orbithash.bits import pack_signs
+from orbithash.data import Split
 from orbithash.losses import LOSSES, make_loss
 from orbithash.metrics import (
     accuracy,
@@ -141,6 +142,33 @@ def sweep(features: Features, db_labels: np.ndarray, query_labels: np.ndarray, n
             log.info("%s %d bits: mAP %.4f", method, bits, report["map"])
             results.append({"method": method, **report})
     return results
+
+
+def evaluate_exported(model_path: Path, split: Split) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Encode the split through the exported ONNX model (as served) and score it."""
+    from tqdm import tqdm
+
+    from orbithash.exported import ExportedModel
+
+    model = ExportedModel(model_path)
+    facts = model.facts
+    if tuple(facts.class_names) != tuple(split.class_names):
+        raise ValueError(f"the model knows classes {facts.class_names[:3]}…, the data has {split.class_names[:3]}…")
+    parts = {}
+    for part in ("database", "queries"):
+        records = getattr(split, part)
+        codes, probs = [], []
+        for start in tqdm(range(0, len(records), 32), desc=f"encode {part}", unit="batch"):
+            c, p = model.encode([r.data for r in records[start:start + 32]])
+            codes.append(c)
+            probs.append(p)
+        parts[part] = (np.concatenate(codes), np.concatenate(probs))
+    report = evaluate_codes(parts["queries"][0], split.labels("queries"), parts["database"][0],
+                            split.labels("database"), bits=facts.bits, query_scores=parts["queries"][1])
+    result = {"method": f"{facts.method} (exported {facts.version})", **report}
+    meta = {"dataset": split.name, "model": facts.name, "model_version": facts.version, "backbone": facts.backbone,
+            "database": len(split.database), "queries": len(split.queries), "ties": "database order (stable sort)"}
+    return result, meta
 
 
 def write_report(results: list[dict[str, Any]], out_dir: Path, meta: Mapping[str, Any]) -> dict[str, Path]:
