@@ -54,6 +54,71 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean(dim=(2, 3))
 
+    def split(self, tail_blocks: int) -> tuple[Trunk, Tail]:
+        """The frozen trunk (stem + all but the last ``tail_blocks`` MBConv blocks) and the tail.
+
+        ``tail(trunk(x))`` equals ``self(x)`` in eval mode; the two share this backbone's modules.
+        """
+        return Trunk(self.net, len(self.net._blocks) - tail_blocks), Tail(self.net, tail_blocks)
+
+
+class Trunk(nn.Module):
+    """EfficientNet-Lite0 stem + its first ``blocks`` MBConv blocks → N×C×H×W activations."""
+
+    def __init__(self, net: nn.Module, blocks: int) -> None:
+        super().__init__()
+        if not 0 <= blocks <= len(net._blocks):
+            raise ValueError(f"blocks must be in 0..{len(net._blocks)}, got {blocks}")
+        self.stem, self.bn0, self.act = net._conv_stem, net._bn0, net._swish
+        self.blocks = nn.ModuleList(net._blocks[:blocks])
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn0(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)  # no drop-connect: the trunk is only ever run frozen
+        return x
+
+
+class Tail(nn.Module):
+    """The last ``blocks`` MBConv blocks + ``_conv_head`` + ``_bn1`` + swish + average pool → N×1280.
+
+    Fine-tuned on the trunk's cached activations with its BatchNorm statistics frozen (the
+    module stays in eval mode; the BN affine parameters still train).
+    """
+
+    feature_dim = 1280
+
+    def __init__(self, net: nn.Module, blocks: int) -> None:
+        super().__init__()
+        if not 0 <= blocks <= len(net._blocks):
+            raise ValueError(f"blocks must be in 0..{len(net._blocks)}, got {blocks}")
+        self.blocks = nn.ModuleList(net._blocks[len(net._blocks) - blocks:])
+        self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
+        self.eval()
+
+    def train(self, mode: bool = True) -> Tail:  # BatchNorm statistics stay frozen in any mode
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn1(self.conv_head(x))).mean(dim=(2, 3))
+
+
+class FineTunedBackbone(nn.Module):
+    """Frozen trunk → fine-tuned tail: the same N×1280 pooled features as ``Backbone``, adapted."""
+
+    feature_dim = 1280
+
+    def __init__(self, trunk: Trunk, tail: Tail) -> None:
+        super().__init__()
+        self.trunk, self.tail = trunk, tail
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.trunk(x))
+
 
 class HashHead(nn.Module):
     """Hash layer u = W f + v (K outputs) and a linear softmax classifier on u (C logits)."""
@@ -121,9 +186,12 @@ __all__ = [
     "AlexNetSPP",
     "Backbone",
     "DSHNet",
+    "FineTunedBackbone",
     "HashHead",
     "HashNet",
     "PowerMeanTransform",
     "SpatialPyramidPool",
+    "Tail",
+    "Trunk",
     "lsh_codes",
 ]
