@@ -30,9 +30,9 @@ import onnxruntime as ort
 from orbithash.data import load_split
 from orbithash.images import pixels_batch
 from orbithash.local.cluster import start_service
+from orbithash.local.demo import ensure_model
 from orbithash.local.triton import TritonServer
 from orbithash.model_facts import INPUT_NAME, ModelFacts
-from orbithash.train import train_and_export, trained_facts
 from orbithash.v1 import orbithash_pb2 as pb
 from orbithash.v1 import orbithash_pb2_grpc as rpc
 
@@ -68,9 +68,7 @@ def main() -> int:
     n_latency = 20 if args.quick else 100
 
     split = load_split(None)
-    facts: ModelFacts | None = trained_facts(REPO)
-    if facts is None:
-        facts = train_and_export(split, bits=64, repo_dir=REPO)
+    facts: ModelFacts = ensure_model(split, REPO, bits=64, retrain=False)
     images = [r.data for r in (split.database + split.queries)[:n_images]]
     model_path = REPO / "orbithash" / "1" / "model.onnx"
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
