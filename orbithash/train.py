@@ -256,19 +256,9 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(x) // config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
-    first_epoch = 0
-    fingerprint = _fingerprint(x, y, bits, num_classes, config, seed, loss_fn) if checkpoint else ""
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
-        if state.get("fingerprint") == fingerprint:
-            head.load_state_dict(state["head"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            rng.bit_generator.state = state["rng"]
-            first_epoch = int(state["epoch"])
-            log.info("resuming the head fit from %s at epoch %d", checkpoint, first_epoch)
-        else:
-            log.warning("checkpoint %s is from another fit; starting afresh", checkpoint)
+    saved = _Checkpoint(checkpoint, lambda: _fingerprint(x, y, bits, num_classes, config, seed, loss_fn),
+                        {"head": head}, opt, sched, rng)
+    first_epoch = saved.resume("head")
     # Dropout masks from numpy bytes: ~10× cheaper than torch's Bernoulli, the largest cost here.
     drop_below = round(config.feature_dropout * 256)
     keep_scale = 256 / (256 - drop_below)
@@ -291,19 +281,12 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
                 loss.backward()
                 opt.step()
                 sched.step()
-            if checkpoint is not None:
-                _save_checkpoint(Path(checkpoint), {
-                    "fingerprint": fingerprint, "epoch": epoch + 1, "head": head.state_dict(),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state})
+            saved.save(epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
     finally:
         torch.set_num_threads(threads)
-    head.eval()
-    with torch.no_grad():  # u = W (f − μ)/σ + v  =  (W/σ) f + (v − W μ/σ)
-        w = head.hash.weight * torch.from_numpy(scale)
-        head.hash.bias -= w @ torch.from_numpy(mean)
-        head.hash.weight.copy_(w)
+    _fold_standardisation(head, torch.from_numpy(mean), torch.from_numpy(scale))
     return head
 
 
@@ -351,22 +334,9 @@ def fit_tail(activations: dict[str, np.ndarray], labels: np.ndarray, bits: int, 
     per_epoch = len(x) // batch  # full batches only: every step sees the same batch size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[config.lr, config.tail_lr],
                                                 total_steps=max(1, config.tail_epochs * per_epoch))
-    first_epoch = 0
-    fingerprint = ""
-    if checkpoint is not None:
-        fingerprint = _fingerprint(x, y, bits, num_classes, config, seed, loss_fn)
-        if Path(checkpoint).exists():
-            state = torch.load(checkpoint, weights_only=False)
-            if state.get("fingerprint") == fingerprint and "tail" in state:
-                head.load_state_dict(state["head"])
-                tail.load_state_dict(state["tail"])
-                opt.load_state_dict(state["opt"])
-                sched.load_state_dict(state["sched"])
-                rng.bit_generator.state = state["rng"]
-                first_epoch = int(state["epoch"])
-                log.info("resuming the tail fit from %s at epoch %d", checkpoint, first_epoch)
-            else:
-                log.warning("checkpoint %s is from another fit; starting afresh", checkpoint)
+    saved = _Checkpoint(checkpoint, lambda: _fingerprint(x, y, bits, num_classes, config, seed, loss_fn),
+                        {"head": head, "tail": tail}, opt, sched, rng)
+    first_epoch = saved.resume("tail")
     drop_below = round(config.feature_dropout * 256)
     keep_scale = 256 / (256 - drop_below)
     head.train()
@@ -387,26 +357,62 @@ def fit_tail(activations: dict[str, np.ndarray], labels: np.ndarray, bits: int, 
                 opt.step()
                 sched.step()
                 bar.update(1)
-            if checkpoint is not None:
-                _save_checkpoint(Path(checkpoint), {
-                    "fingerprint": fingerprint, "epoch": epoch + 1, "head": head.state_dict(),
-                    "tail": tail.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": rng.bit_generator.state})
+            saved.save(epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
-    head.eval()
-    with torch.no_grad():  # u = W (f − μ)/σ + v  =  (W/σ) f + (v − W μ/σ)
-        w = head.hash.weight * scale_t
-        head.hash.bias -= w @ mean_t
-        head.hash.weight.copy_(w)
+    _fold_standardisation(head, mean_t, scale_t)
     return FineTunedBackbone(trunk, tail), head
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def _fold_standardisation(head: HashHead, mean: torch.Tensor, scale: torch.Tensor) -> None:
+    """Fold the feature standardisation into the hash layer: u = W (f − μ)/σ + v = (W/σ) f + (v − W μ/σ)."""
+    head.eval()
+    with torch.no_grad():
+        w = head.hash.weight * scale
+        head.hash.bias -= w @ mean
+        head.hash.weight.copy_(w)
+
+
+class _Checkpoint:
+    """Per-epoch state of a fit (modules, optimiser, schedule, numpy RNG) under a fingerprint.
+
+    Resuming restores everything a later epoch depends on, so a resumed fit ends with exactly the
+    weights of an uninterrupted one; a checkpoint of another fit is ignored. ``path=None``: off.
+    """
+
+    def __init__(self, path: Path | None, fingerprint: Callable[[], str], modules: dict[str, torch.nn.Module],
+                 opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 rng: np.random.Generator) -> None:
+        self.path = None if path is None else Path(path)
+        self.fingerprint = fingerprint() if path is not None else ""
+        self.modules, self.opt, self.sched, self.rng = modules, opt, sched, rng
+
+    def resume(self, what: str) -> int:
+        """The epoch to start from (0 without a matching checkpoint)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        state = torch.load(self.path, weights_only=False)
+        if state.get("fingerprint") != self.fingerprint or any(k not in state for k in self.modules):
+            log.warning("checkpoint %s is from another fit; starting afresh", self.path)
+            return 0
+        for name, module in self.modules.items():
+            module.load_state_dict(state[name])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.rng.bit_generator.state = state["rng"]
+        log.info("resuming the %s fit from %s at epoch %d", what, self.path, int(state["epoch"]))
+        return int(state["epoch"])
+
+    def save(self, epoch: int) -> None:
+        if self.path is None:
+            return
+        state = {"fingerprint": self.fingerprint, "epoch": epoch, "opt": self.opt.state_dict(),
+                 "sched": self.sched.state_dict(), "rng": self.rng.bit_generator.state,
+                 **{name: module.state_dict() for name, module in self.modules.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
 
 
 def evaluate_head(head: HashHead, db_features: np.ndarray, db_labels: np.ndarray,
