@@ -259,9 +259,6 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
     saved = _Checkpoint(checkpoint, lambda: _fingerprint(x, y, bits, num_classes, config, seed, loss_fn),
                         {"head": head}, opt, sched, rng)
     first_epoch = saved.resume("head")
-    # Dropout masks from numpy bytes: ~10× cheaper than torch's Bernoulli, the largest cost here.
-    drop_below = round(config.feature_dropout * 256)
-    keep_scale = 256 / (256 - drop_below)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the matrices are small: a second thread costs more than it gives
     head.train()
@@ -271,16 +268,7 @@ def fit_head(features: dict[str, np.ndarray], labels: np.ndarray, bits: int, num
             for idx in torch.from_numpy(rng.permutation(len(x))).split(config.batch_size):
                 if len(idx) < 2:
                     continue
-                xb = xt[idx]
-                if drop_below:
-                    keep = rng.integers(0, 256, xb.shape, dtype=np.uint8) >= drop_below
-                    xb = xb * torch.from_numpy(keep) * keep_scale
-                u, logits = head(xb)
-                loss = loss_fn(u, yt[idx], logits)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
+                _step(head, xt[idx], yt[idx], loss_fn, opt, sched, rng, config.feature_dropout)
             saved.save(epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
@@ -337,8 +325,6 @@ def fit_tail(activations: dict[str, np.ndarray], labels: np.ndarray, bits: int, 
     saved = _Checkpoint(checkpoint, lambda: _fingerprint(x, y, bits, num_classes, config, seed, loss_fn),
                         {"head": head, "tail": tail}, opt, sched, rng)
     first_epoch = saved.resume("tail")
-    drop_below = round(config.feature_dropout * 256)
-    keep_scale = 256 / (256 - drop_below)
     head.train()
     with tqdm(total=config.tail_epochs * per_epoch, initial=first_epoch * per_epoch, desc="fine-tune",
               unit="batch", disable=not progress) as bar:
@@ -347,21 +333,33 @@ def fit_tail(activations: dict[str, np.ndarray], labels: np.ndarray, bits: int, 
             for step in range(per_epoch):
                 idx = np.sort(order[step * batch:(step + 1) * batch])
                 f = (tail(torch.from_numpy(x[idx].astype(np.float32))) - mean_t) * scale_t
-                if drop_below:
-                    keep = rng.integers(0, 256, f.shape, dtype=np.uint8) >= drop_below
-                    f = f * torch.from_numpy(keep) * keep_scale
-                u, logits = head(f)
-                loss_value = loss_fn(u, yt[idx], logits)
-                opt.zero_grad()
-                loss_value.backward()
-                opt.step()
-                sched.step()
+                _step(head, f, yt[idx], loss_fn, opt, sched, rng, config.feature_dropout)
                 bar.update(1)
             saved.save(epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
     _fold_standardisation(head, mean_t, scale_t)
     return FineTunedBackbone(trunk, tail), head
+
+
+def _step(head: HashHead, features: torch.Tensor, labels: torch.Tensor, loss_fn: BaseHashLoss,
+          opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator,
+          dropout: float) -> None:
+    """One optimiser step on a batch of (standardised) features, with feature dropout.
+
+    Dropout masks come from numpy bytes: ~10× cheaper than torch's Bernoulli, and drawn from the
+    fit's own generator, so a resumed fit replays the same masks.
+    """
+    drop_below = round(dropout * 256)
+    if drop_below:
+        keep = rng.integers(0, 256, features.shape, dtype=np.uint8) >= drop_below
+        features = features * torch.from_numpy(keep) * (256 / (256 - drop_below))
+    u, logits = head(features)
+    loss = loss_fn(u, labels, logits)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
 
 
 def _fold_standardisation(head: HashHead, mean: torch.Tensor, scale: torch.Tensor) -> None:
