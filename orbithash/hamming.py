@@ -190,16 +190,23 @@ def _scan(codes, words, q, live, labels, label, use_label, k, threshold, bits, s
 @njit(cache=True, nogil=True)
 def _scan_many(codes, words, queries, live, labels, label, use_label, k, threshold, bits, start, stop):
     """_scan for each query row; results concatenated with offsets (numba returns no ragged lists)."""
-    nq = queries.shape[0]
     parts_slots = []
     parts_dist = []
-    offsets = np.zeros(nq + 1, np.int64)
-    for r in range(nq):
+    for r in range(queries.shape[0]):
         s, d = _scan(codes, words, queries[r], live, labels, label, use_label, k, threshold, bits,
                      start, stop)
         parts_slots.append(s)
         parts_dist.append(d)
-        offsets[r + 1] = offsets[r] + s.shape[0]
+    return _concat(parts_slots, parts_dist)
+
+
+@njit(cache=True, nogil=True)
+def _concat(parts_slots, parts_dist):
+    """Per-query (slots, distances) lists → (offsets, all slots, all distances) in one array each."""
+    nq = len(parts_slots)
+    offsets = np.zeros(nq + 1, np.int64)
+    for r in range(nq):
+        offsets[r + 1] = offsets[r] + parts_slots[r].shape[0]
     all_slots = np.empty(offsets[nq], np.int64)
     all_dist = np.empty(offsets[nq], np.int32)
     for r in range(nq):

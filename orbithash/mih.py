@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from orbithash.hamming import _popcount, _tighten
+from orbithash.hamming import _concat, _popcount, _tighten
 
 MAX_WIDTH = 22  # 2^22 + 1 int32 offsets = 16 MiB per table: the cap on table size per substring
 # Codes of at most this many uint64 words are also copied into the tables next to their slots:
@@ -235,7 +235,6 @@ def probe_many(codes, codes_u8, words, queries, queries_u8, live, labels, label,
     parts_slots = []
     parts_dist = []
     ok = np.zeros(nq, np.uint8)
-    bounds = np.zeros(nq + 1, np.int64)
     for r in range(nq):
         if stamp >= 255:  # uint8 marks: wipe once every 254 queries instead of after each
             stamps[:] = 0
@@ -247,11 +246,6 @@ def probe_many(codes, codes_u8, words, queries, queries_u8, live, labels, label,
         ok[r] = good
         parts_slots.append(s)
         parts_dist.append(d)
-        bounds[r + 1] = bounds[r] + s.shape[0]
-    all_slots = np.empty(bounds[nq], np.int64)
-    all_dist = np.empty(bounds[nq], np.int32)
-    for r in range(nq):
-        all_slots[bounds[r]:bounds[r + 1]] = parts_slots[r]
-        all_dist[bounds[r]:bounds[r + 1]] = parts_dist[r]
+    bounds, all_slots, all_dist = _concat(parts_slots, parts_dist)
     return bounds, all_slots, all_dist, ok, stamp
 
