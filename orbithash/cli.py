@@ -74,21 +74,32 @@ def _run_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily: t
     config = config.with_overrides(dataset=str(args.data) if args.data else None, bits=args.bits,
                                    seed=args.seed, method=args.method)
     if args.epochs is not None:
-        config = replace(config, head=replace(config.head, epochs=args.epochs))
+        config = replace(config, head=replace(config.head, epochs=args.epochs),
+                         scratch=replace(config.scratch, epochs=args.epochs))
     return config
 
 
 def _train(args: argparse.Namespace) -> int:
-    from orbithash.train import train_and_export
-
     config = _run_config(args)
-    checkpoint = args.checkpoint or (DEFAULT_CHECKPOINTS / f"{config.model_name}-{config.method}-"
-                                     f"{config.bits}b-seed{config.seed}.pt")
-    facts = train_and_export(config.load_split(), bits=config.bits, repo_dir=args.model_repository,
-                             model_name=config.model_name, seed=config.seed, config=config.head,
-                             method=config.method, loss=config.make_loss(), checkpoint=checkpoint)
+    checkpoint = args.checkpoint or (DEFAULT_CHECKPOINTS / f"{config.model_name}-{config.backbone}-{config.method}-"
+                                     f"{config.bits}b-{config.protocol}-seed{config.seed}.pt")
+    split = config.load_split()
+    from orbithash.train import export_trained, train
+
+    if config.from_scratch:
+        from orbithash.scratch import train_scratch
+
+        result = train_scratch(split, backbone=config.backbone, bits=config.bits, seed=config.seed,
+                               config=config.scratch, loss=config.make_loss(), method=config.method,
+                               checkpoint=checkpoint, name=config.model_name)
+    else:
+        result = train(split, bits=config.bits, seed=config.seed, config=config.head, method=config.method,
+                       loss=config.make_loss(), checkpoint=checkpoint)
+    facts, metrics = export_trained(result, args.model_repository, config.model_name), result.metrics
     print(json.dumps({"name": facts.name, "version": facts.version, "bits": facts.bits,
-                      "classes": len(facts.class_names), "method": facts.method}))
+                      "classes": len(facts.class_names), "method": facts.method, "backbone": facts.backbone,
+                      "protocol": config.protocol, "database": len(split.database),
+                      "queries": len(split.queries), "training": len(split.training), **metrics}))
     return 0
 
 
@@ -120,7 +131,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     bits_list = [int(b) for b in args.bits_list.split(",")]
     feats = cached_features(split, backbone_facts(split, max(bits_list)), config.head.views)
     results = sweep(feats, split.labels("database"), split.labels("queries"), len(split.class_names), methods,
-                    bits_list, head_config=config.head, loss_params={config.method: config.loss}, seed=config.seed)
+                    bits_list, head_config=config.head, loss_params={config.method: config.loss}, seed=config.seed,
+                    train_labels=split.labels("training"))
     meta = {"dataset": split.name, "protocol": config.protocol, "database": len(split.database),
             "queries": len(split.queries), "seed": config.seed, "backbone": config.backbone,
             "head": asdict(config.head), "ties": "database order (stable sort)"}

@@ -12,6 +12,10 @@ Layouts understood, as a zip (read in place) or a folder:
 - CIFAR-10 style ``.../train/<class>/<image>`` and ``.../test/<class>/<image>``: database = train,
   queries = test.
 
+Either protocol trains on the database. ``sample_protocol`` re-splits any split's pooled images
+into queries, a separate training set and the database (DPSH's CIFAR-10 protocol: 100 queries and
+500 training images per class, the other 5 400 per class the database).
+
 Database ids are ``db-NNNNNN`` and query ids ``q-NNNNNN`` in class-major order; the database order
 is stable because evaluation and the demo break Hamming ties by it.
 """
@@ -23,7 +27,7 @@ import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -49,16 +53,47 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Split:
-    """A retrieval split; for the DHCNN protocol the database is also the training set."""
+    """A retrieval split: database, queries and, when it is not the database, a training set."""
 
     name: str
     class_names: tuple[str, ...]
     database: list[ImageRecord]
     queries: list[ImageRecord]
+    train: list[ImageRecord] | None = None  # None: the database is the training set (DHCNN, DSH)
+
+    @property
+    def training(self) -> list[ImageRecord]:
+        return self.database if self.train is None else self.train
 
     def labels(self, part: str) -> np.ndarray:
-        """Labels of ``"database"`` or ``"queries"`` as an int64 array, in record order."""
+        """Labels of ``"database"``, ``"queries"`` or ``"training"`` as an int64 array, in record order."""
         return np.asarray([r.label for r in getattr(self, part)], np.int64)
+
+
+def sample_protocol(split: Split, *, queries_per_class: int, train_per_class: int, seed: int = 0) -> Split:
+    """Pool the split's images and draw, per class, queries, then training images; the rest is the database.
+
+    DPSH's CIFAR-10 protocol is ``queries_per_class=100, train_per_class=500``: 1 000 queries,
+    5 000 training images and a 54 000-image database that does not contain them. Pooled
+    images are taken in (database, queries) order and shuffled per class with ``seed``; ids are
+    renumbered ``db-``/``q-``/``train-`` in class-major order.
+    """
+    if queries_per_class < 1 or train_per_class < 1:
+        raise DatasetError("queries_per_class and train_per_class must be >= 1")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[ImageRecord]] = {"q": [], "train": [], "db": []}
+    pooled = split.database + split.queries + (split.train or [])
+    for label in range(len(split.class_names)):
+        members = [r for r in pooled if r.label == label]
+        if len(members) < queries_per_class + train_per_class + 1:
+            raise DatasetError(f"class {split.class_names[label]!r} has {len(members)} images, need more than "
+                               f"{queries_per_class + train_per_class}")
+        members = [members[i] for i in rng.permutation(len(members))]
+        cut = queries_per_class + train_per_class
+        for prefix, chosen in (("q", members[:queries_per_class]), ("train", members[queries_per_class:cut]),
+                               ("db", members[cut:])):
+            parts[prefix] += [replace(r, id=f"{prefix}-{len(parts[prefix]) + i:06d}") for i, r in enumerate(chosen)]
+    return Split(split.name, split.class_names, parts["db"], parts["q"], parts["train"])
 
 
 def default_data_dir() -> Path:

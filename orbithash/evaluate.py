@@ -100,21 +100,22 @@ def evaluate_codes(query_codes: np.ndarray, query_labels: np.ndarray, db_codes: 
     return report
 
 
-def method_codes(method: str, features: Features, db_labels: np.ndarray, num_classes: int, bits: int, *,
+def method_codes(method: str, features: Features, train_labels: np.ndarray, num_classes: int, bits: int, *,
                  head_config: HeadConfig, loss_params: Mapping[str, float] | None = None,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(database codes, query codes, query class scores or None) of one method at ``bits``.
 
-    Deep methods fit the head on every cached view of the database; the baselines see only the
-    unaugmented database features (they have no use for labels or views). The database is coded
-    from its unaugmented view, as the service codes it.
+    Deep methods fit the head on every cached view of the training images; the baselines see
+    only their unaugmented features (they have no use for labels or views). The database is
+    coded from its unaugmented view, as the service codes it.
     """
-    db = features.database["orig"]
+    db = features.database
     if method in BASELINES:
-        fitted = fit_itq(db, bits, seed=seed) if method == "itq" else fit_lsh(db, bits, seed=seed)
+        train = features.training["orig"]
+        fitted = fit_itq(train, bits, seed=seed) if method == "itq" else fit_lsh(train, bits, seed=seed)
         return fitted.encode(db), fitted.encode(features.queries), None
     loss = make_loss(method, **dict(loss_params or {}))
-    head = fit_head(features.database, db_labels, bits, num_classes, head_config, seed=seed, loss=loss)
+    head = fit_head(features.training, train_labels, bits, num_classes, head_config, seed=seed, loss=loss)
     with torch.no_grad():
         u_db, _ = head(torch.from_numpy(db))
         u_q, logits = head(torch.from_numpy(features.queries))
@@ -125,8 +126,11 @@ def method_codes(method: str, features: Features, db_labels: np.ndarray, num_cla
 def sweep(features: Features, db_labels: np.ndarray, query_labels: np.ndarray, num_classes: int,
           methods: Sequence[str], bits_list: Sequence[int], *, head_config: HeadConfig | None = None,
           loss_params: Mapping[str, Mapping[str, float]] | None = None, seed: int = 0,
-          ks: Sequence[int] = DEFAULT_KS) -> list[dict[str, Any]]:
-    """One report per (method, bits), each tagged with both; methods are losses or baselines."""
+          ks: Sequence[int] = DEFAULT_KS, train_labels: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One report per (method, bits), each tagged with both; methods are losses or baselines.
+
+    ``train_labels`` are the training images' labels when they are not the database (DPSH protocol).
+    """
     unknown = [m for m in methods if m not in LOSSES and m not in BASELINES]
     if unknown:
         raise KeyError(f"unknown methods {unknown}; known: {sorted(LOSSES) + list(BASELINES)}")
@@ -135,7 +139,8 @@ def sweep(features: Features, db_labels: np.ndarray, query_labels: np.ndarray, n
     for method in methods:
         for bits in bits_list:
             db_codes, q_codes, scores = method_codes(
-                method, features, db_labels, num_classes, bits, head_config=head_config,
+                method, features, db_labels if train_labels is None else train_labels, num_classes, bits,
+                head_config=head_config,
                 loss_params=(loss_params or {}).get(method), seed=seed)
             report = evaluate_codes(q_codes, query_labels, db_codes, db_labels, bits=bits, ks=ks,
                                     query_scores=scores)

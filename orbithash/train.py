@@ -110,10 +110,16 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class Features:
-    """Pooled backbone features: the database under every view, the queries unaugmented."""
+    """Backbone outputs: the training images under every view (``orig`` always among them), the
+    queries unaugmented and, when it is not the training set, the database unaugmented."""
 
-    database: dict[str, np.ndarray]
+    training: dict[str, np.ndarray]
     queries: np.ndarray
+    separate_database: np.ndarray | None = None
+
+    @property
+    def database(self) -> np.ndarray:
+        return self.training["orig"] if self.separate_database is None else self.separate_database
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,8 @@ def _cache_key(split: Split, facts: ModelFacts, views: Sequence[str], tail_block
     what = (FEATURE_FORMAT, facts.backbone, facts.input_size, facts.mean, facts.std, tuple(views))
     # tail_blocks 0 (pooled features) keeps the key it always had, so those caches stay valid.
     h.update(repr(what if not tail_blocks else (*what, "trunk", tail_blocks)).encode())
-    for part in (split.database, split.queries):
+    parts = [split.database, split.queries] + ([] if split.train is None else [split.train])
+    for part in parts:
         h.update(b"|part|")
         for r in part:
             h.update(f"{r.id}:{r.label}:{len(r.data)}:".encode())
@@ -186,17 +193,20 @@ def cached_features(split: Split, facts: ModelFacts, views: Sequence[str], *, ca
 
     ``tail_blocks = 0``: pooled N×1280 float32 features of the whole frozen backbone. Otherwise
     the trunk's activations (the input of the last ``tail_blocks`` MBConv blocks, N×C×7×7) as
-    float16, for ``fit_tail``. The key hashes every image's bytes and label plus the backbone,
-    preprocessing, views and cut, so a changed dataset, seed, subset or split never reads
-    stale features.
+    float16, for ``fit_tail``. The training images are extracted under every view (``orig``
+    added when missing), queries and a separate database unaugmented. The key hashes every
+    image's bytes and label plus the backbone, preprocessing, views and cut, so a changed
+    dataset, seed, subset or split never reads stale features.
     """
+    views = tuple(dict.fromkeys(("orig", *views)))
     cache_dir = cache_dir or default_cache_dir()
     kind = "features" if not tail_blocks else f"trunk{tail_blocks}"
     path = cache_dir / f"{kind}-{split.name}-{len(split.database)}-{len(split.queries)}-" \
                        f"{_cache_key(split, facts, views, tail_blocks)}.npz"
     if path.exists():
         with np.load(path) as z:
-            return Features({v: z[f"db_{v}"] for v in views}, z["queries"])
+            return Features({v: z[f"db_{v}"] for v in views}, z["queries"],
+                            z["database"] if "database" in z.files else None)
     if tail_blocks:
         trunk, _ = Backbone().split(tail_blocks)
         with torch.no_grad():
@@ -205,18 +215,21 @@ def cached_features(split: Split, facts: ModelFacts, views: Sequence[str], *, ca
     else:
         backbone, shape, dtype = OnnxBackbone(Backbone(), facts.input_size), (Backbone.feature_dim,), np.float32
     start = time.perf_counter()
-    db = extract_features(split.database, facts, backbone, views, progress=progress, desc="database",
-                          shape=shape, dtype=dtype)
-    queries = extract_features(split.queries, facts, backbone, ("orig",), progress=progress,
-                               desc="queries", shape=shape, dtype=dtype)["orig"]
-    log.info("extracted %d feature vectors in %.1f s", sum(len(a) for a in db.values()) + len(queries),
-             time.perf_counter() - start)
+
+    def extract(records: Sequence[ImageRecord], which: Sequence[str], desc: str) -> dict[str, np.ndarray]:
+        return extract_features(records, facts, backbone, which, progress=progress, desc=desc, shape=shape,
+                                dtype=dtype)
+
+    training = extract(split.training, views, "training" if split.train is not None else "database")
+    queries = extract(split.queries, ("orig",), "queries")["orig"]
+    extra = {} if split.train is None else {"database": extract(split.database, ("orig",), "database")["orig"]}
+    log.info("extracted %d feature vectors in %.1f s", sum(len(a) for a in training.values()) + len(queries)
+             + sum(len(a) for a in extra.values()), time.perf_counter() - start)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, queries=queries, **{f"db_{v}": a for v, a in db.items()})
+    np.savez(tmp, queries=queries, **{f"db_{v}": a for v, a in training.items()}, **extra)
     os.replace(tmp, path)
-    return Features(db, queries)
-
+    return Features(training, queries, extra.get("database"))
 
 def _fingerprint(x: np.ndarray, labels: np.ndarray, bits: int, num_classes: int, config: HeadConfig,
                  seed: int, loss: BaseHashLoss) -> str:
@@ -441,17 +454,17 @@ def train(split: Split, *, bits: int = 64, seed: int = 0, epochs: int | None = N
     facts = backbone_facts(split, bits, method=method)
     feats = cached_features(split, facts, config.views, cache_dir=cache_dir, progress=progress,
                             tail_blocks=config.tail_blocks)
-    db_labels, q_labels = split.labels("database"), split.labels("queries")
+    train_labels, db_labels, q_labels = split.labels("training"), split.labels("database"), split.labels("queries")
     if config.tail_blocks:
-        backbone, head = fit_tail(feats.database, db_labels, bits, len(split.class_names), config, seed=seed,
+        backbone, head = fit_tail(feats.training, train_labels, bits, len(split.class_names), config, seed=seed,
                                   progress=progress, loss=loss, checkpoint=checkpoint)
-        db_features = encode_pooled(backbone.tail, feats.database["orig"])
+        db_features = encode_pooled(backbone.tail, feats.database)
         query_features = encode_pooled(backbone.tail, feats.queries)
         model = HashNet(bits, len(split.class_names), backbone=backbone)
     else:
-        head = fit_head(feats.database, db_labels, bits, len(split.class_names), config, seed=seed,
+        head = fit_head(feats.training, train_labels, bits, len(split.class_names), config, seed=seed,
                         progress=progress, loss=loss, checkpoint=checkpoint)
-        db_features, query_features = feats.database["orig"], feats.queries
+        db_features, query_features = feats.database, feats.queries
         model = HashNet(bits, len(split.class_names))
     metrics = evaluate_head(head, db_features, db_labels, query_features, q_labels) if split.queries else {}
     log.info("trained %d-bit model on %s: %s", bits, split.name, metrics)
@@ -463,9 +476,14 @@ def train_and_export(split: Split, *, bits: int = 64, repo_dir: Path, model_name
                      seed: int = 0, epochs: int | None = None, progress: bool = True,
                      cache_dir: Path | None = None, config: HeadConfig | None = None, method: str = "dhcnn",
                      loss: BaseHashLoss | None = None, checkpoint: Path | None = None) -> ModelFacts:
-    """Train on the split's database and export to ``repo_dir/<model_name>``; return the facts."""
+    """Train on the split's training images and export to ``repo_dir/<model_name>``; return the facts."""
     result = train(split, bits=bits, seed=seed, epochs=epochs, cache_dir=cache_dir, progress=progress,
                    config=config, method=method, loss=loss, checkpoint=checkpoint)
+    return export_trained(result, repo_dir, model_name)
+
+
+def export_trained(result: TrainResult, repo_dir: Path, model_name: str = "orbithash") -> ModelFacts:
+    """Export a trained model to ``repo_dir/<model_name>``; the final facts (with the version)."""
     path = export_model(result.model, result.facts, Path(repo_dir), model_name)
     return load_facts_from_onnx(path)
 

@@ -25,10 +25,10 @@ def _png(value: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_tree(root: Path, counts: dict[str, int]) -> dict[bytes, str]:
-    """Class folders of distinct PNGs; returns {image bytes: class name}."""
+def _write_tree(root: Path, counts: dict[str, int], first_value: int = 0) -> dict[bytes, str]:
+    """Class folders of distinct PNGs (pixel values from ``first_value``); returns {image bytes: class name}."""
     written = {}
-    value = 0
+    value = first_value
     for cls, n in counts.items():
         (root / cls).mkdir(parents=True)
         for i in range(n):
@@ -122,3 +122,25 @@ def test_digits_stand_in_when_no_data_dir(tmp_path: Path, monkeypatch: pytest.Mo
     assert (len(split.database), len(split.queries)) == (80, 20)
     image = decode_image(split.database[0].data)
     assert image.shape == (8, 8, 3) and image.max() == 255
+
+
+def test_dpsh_protocol_draws_queries_and_a_separate_training_set_per_class(tmp_path: Path) -> None:
+    from orbithash.data import sample_protocol
+
+    written = _write_tree(tmp_path / "cifar" / "train", {"cat": 7, "dog": 8})
+    written |= _write_tree(tmp_path / "cifar" / "test", {"cat": 3, "dog": 2}, first_value=100)
+    split = sample_protocol(load_split(tmp_path / "cifar"), queries_per_class=2, train_per_class=3, seed=1)
+    assert Counter(r.label for r in split.queries) == {0: 2, 1: 2}
+    assert Counter(r.label for r in split.training) == {0: 3, 1: 3}
+    assert Counter(r.label for r in split.database) == {0: 5, 1: 5}  # the rest of the 10 per class
+    parts = [split.queries, split.training, split.database]
+    images = [r.data for part in parts for r in part]
+    assert sorted(images) == sorted(written) and len(set(images)) == len(images)  # every image once
+    assert all(written[r.data] == split.class_names[r.label] for part in parts for r in part)
+    assert [r.id for r in split.training] == [f"train-{i:06d}" for i in range(6)]
+    assert split.labels("training").tolist() == [0, 0, 0, 1, 1, 1]
+    again = sample_protocol(load_split(tmp_path / "cifar"), queries_per_class=2, train_per_class=3, seed=1)
+    other = sample_protocol(load_split(tmp_path / "cifar"), queries_per_class=2, train_per_class=3, seed=2)
+    assert again == split and other.queries != split.queries
+    with pytest.raises(InvalidInput, match="'cat' has 10 images"):
+        sample_protocol(split, queries_per_class=4, train_per_class=6)

@@ -116,9 +116,9 @@ def test_served_codes_equal_training_codes_and_beat_lsh(trained: Trained) -> Non
                             cache_dir=trained.cache)
 
     served = mean_average_precision(pack_signs(u_q), q_labels, pack_signs(u_db), db_labels, bits=BITS)
-    mean = feats.database["orig"].mean(axis=0)
+    mean = feats.database.mean(axis=0)
     lsh = mean_average_precision(lsh_codes(feats.queries, BITS, mean=mean), q_labels,
-                                 lsh_codes(feats.database["orig"], BITS, mean=mean), db_labels, bits=BITS)
+                                 lsh_codes(feats.database, BITS, mean=mean), db_labels, bits=BITS)
     assert served > 0.8 and served > lsh + 0.2, (served, lsh)
     assert served == pytest.approx(trained.result.metrics["map"], abs=0.01)
     assert np.mean(logits_q.argmax(axis=1) == q_labels) > 0.8
@@ -225,7 +225,8 @@ def test_config_files_load_and_typos_are_refused(tmp_path: Path) -> None:
     loaded = load_config(toml)
     assert (loaded.method, loaded.bits, loaded.head.epochs, loaded.head.views) == ("dpsh", 32, 3, ("orig",))
     for text, match in [("metod: dsh\n", "metod"), ("method: nope\n", "nope"), ("bits: 4\n", "bits"),
-                        ("head: {epoch: 3}\n", "epoch"), ("backbone: vgg-f\n", "vgg-f")]:
+                        ("head: {epoch: 3}\n", "epoch"), ("backbone: resnet-50\n", "resnet-50"),
+                        ("scratch: {epoch: 3}\n", "epoch")]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ConfigError, match=match):
