@@ -178,3 +178,4 @@ def test_orbithash_train_runs_a_scratch_config_end_to_end(tmp_path: Path, capsys
     assert (line["backbone"], line["bits"], line["classes"], line["training"]) == ("dsh-net", 12, 10, line["database"])
     assert line["database"] + line["queries"] == 300 and line["map"] > 0.3
     assert ExportedModel(tmp_path / "repo" / "orbithash" / "1" / "model.onnx").facts.version == line["version"]
+
