@@ -119,8 +119,7 @@ def method_codes(method: str, features: Features, train_labels: np.ndarray, num_
     with torch.no_grad():
         u_db, _ = head(torch.from_numpy(db))
         u_q, logits = head(torch.from_numpy(features.queries))
-    has_classifier = bool(getattr(loss, "eta", 0.0) or getattr(loss, "class_weight", 0.0))
-    return pack_signs(u_db.numpy()), pack_signs(u_q.numpy()), logits.numpy() if has_classifier else None
+    return pack_signs(u_db.numpy()), pack_signs(u_q.numpy()), logits.numpy() if loss.trains_classifier else None
 
 
 def sweep(features: Features, db_labels: np.ndarray, query_labels: np.ndarray, num_classes: int,

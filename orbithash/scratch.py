@@ -8,8 +8,8 @@ exported model then carries in its facts) and takes one AdamW step with a one-cy
 Seeds, checkpoints and resume behave as in ``orbithash.train``: the batch order and
 augmentation come from a numpy generator whose state is checkpointed.
 
-The classifier on u is always trained. When the loss has η = 0 (DSH, DPSH: pure hashing) it
-reads u detached, so it cannot shape the codes, yet the served model still predicts a class.
+The classifier on u is always trained. When the loss has no classification term (DSH, DPSH:
+pure hashing) it reads u detached, so it cannot shape the codes, yet the served model still predicts a class.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def fit_scratch(pixels: np.ndarray, labels: np.ndarray, model: HashNet, facts: M
                 features = model.backbone(x)
                 u = model.head.hash(features)
                 value = loss(u, yt[idx], model.head.classifier(u))
-                if not loss.eta:  # pure hashing loss: the classifier learns from u, never shapes it
+                if not loss.trains_classifier:  # pure hashing loss: the classifier learns from u, never shapes it
                     value = value + F.cross_entropy(model.head.classifier(u.detach()), yt[idx])
                 opt.zero_grad()
                 value.backward()

@@ -153,3 +153,9 @@ def test_quantisation_parts_by_hand() -> None:
 def test_unknown_method_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="dhcnn"):
         make_loss("nope")
+
+
+def test_trains_classifier_says_whether_the_logits_are_trained() -> None:
+    assert make_loss("dhcnn").trains_classifier and not make_loss("dhcnn", eta=0.0).trains_classifier
+    assert not make_loss("dsh").trains_classifier and not make_loss("dpsh").trains_classifier
+    assert make_loss("aurora").trains_classifier and not make_loss("aurora", class_weight=0.0).trains_classifier

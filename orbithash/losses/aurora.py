@@ -28,6 +28,10 @@ class AuroraLoss(DPSHLoss):
         self.class_weight = class_weight
         self.label_smoothing = label_smoothing
 
+    @property
+    def trains_classifier(self) -> bool:
+        return bool(self.class_weight)
+
     def forward(self, u: torch.Tensor, labels: torch.Tensor,
                 logits: torch.Tensor | None = None) -> torch.Tensor:
         hashing = super().forward(u, labels)

@@ -69,6 +69,11 @@ class BaseHashLoss(nn.Module):
         self.eta = eta
         self.quantisation = quantisation
 
+    @property
+    def trains_classifier(self) -> bool:
+        """Whether this loss has a classification term (else the logits carry no trained signal)."""
+        return bool(self.eta)
+
     def pair_loss(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

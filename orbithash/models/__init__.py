@@ -5,7 +5,7 @@ features once and fit only the head (a CPU runs the full network at ~15 images/s
 the exported model is the whole chain, so serving needs nothing but the image.
 
 The from-scratch networks of the papers (``DSHNet``, ``AlexNetSPP`` with PMT, ``VGGF``) live in
-their own modules and plug in as ``HashNet(..., backbone=...)``; they have no CPU training loop.
+their own modules and plug in as ``HashNet(..., backbone=...)``; ``orbithash.scratch`` trains them.
 """
 
 from __future__ import annotations
