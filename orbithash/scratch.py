@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from orbithash import InvalidInput
 from orbithash.bits import pack_signs
 from orbithash.data import ImageRecord, Split
-from orbithash.images import pixels_batch
+from orbithash.images import decode_image, resize_pixels
 from orbithash.losses import BaseHashLoss, DSHLoss
 from orbithash.metrics import accuracy, mean_average_precision
 from orbithash.model_facts import ModelFacts
@@ -39,7 +40,6 @@ from orbithash.train import TrainResult, _Checkpoint, default_cache_dir
 log = logging.getLogger(__name__)
 
 PIXEL_FORMAT = 1  # bump when the cached pixels' meaning changes
-DECODE_CHUNK = 512
 ENCODE_BATCH = 512
 
 # name → (constructor taking the input size, default input size)
@@ -96,12 +96,12 @@ def decoded_pixels(records: Sequence[ImageRecord], size: int, *, cache_dir: Path
     path = cache_dir / f"pixels-{size}-{len(records)}-{_pixels_key(records, size)}.npy"
     if path.exists():
         return np.load(path)
-    shape_facts = ModelFacts(name="pixels", version="0", bits=8, class_names=("a", "b"), input_size=size,
-                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     out = np.empty((len(records), 3, size, size), np.uint8)
-    for start in tqdm(range(0, len(records), DECODE_CHUNK), desc=desc, unit="chunk", disable=not progress):
-        out[start:start + DECODE_CHUNK] = pixels_batch([r.data for r in records[start:start + DECODE_CHUNK]],
-                                                       shape_facts)
+    for i, record in enumerate(tqdm(records, desc=desc, unit="img", disable=not progress, mininterval=1.0)):
+        try:
+            out[i] = resize_pixels(decode_image(record.data), size)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{record.id}: {exc}") from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, out)
