@@ -1,6 +1,6 @@
 """Retrieval quality: DHCNN, DPSH, DSH heads and the ITQ, LSH baselines on the same features, plus CIFAR-10.
 
-    python bench/retrieval_quality.py --quick   # everything on small subsets / few epochs (~10 min cached)
+    python bench/retrieval_quality.py --quick   # everything on small subsets / few epochs (minutes)
     python bench/retrieval_quality.py           # full protocols (hours on a 2-core CPU; figures in docs/results.md)
 
 CIFAR-10 parts: the DSH network trained from scratch on the DSH protocol (50 000 training
