@@ -12,6 +12,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -75,6 +76,19 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
     return path
 
 
+class PixelNormalise(torch.nn.Module):
+    """(pixels − mean) / std per channel on N×3×S×S pixels: the one normalisation that training
+    (``orbithash.scratch``) and the served graph share, so the two cannot drift apart."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() - self.mean) / self.std
+
+
 class ServingNet(torch.nn.Module):
     """What Triton and the encoder run: uint8 pixels in, normalised inside the graph.
 
@@ -85,11 +99,10 @@ class ServingNet(torch.nn.Module):
     def __init__(self, model: HashNet, facts: ModelFacts) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(facts.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(facts.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalise = PixelNormalise(facts.mean, facts.std)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model((pixels.float() - self.mean) / self.std)
+        return self.model(self.normalise(pixels))
 
 
 def onnx_bytes(module: torch.nn.Module, input_size: int, input_names: list[str],

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from orbithash import InvalidInput
 from orbithash.bits import pack_signs
 from orbithash.data import ImageRecord, Split
+from orbithash.export import PixelNormalise
 from orbithash.images import decode_image, resize_pixels
 from orbithash.losses import BaseHashLoss, DSHLoss
 from orbithash.metrics import accuracy, mean_average_precision
@@ -132,16 +133,6 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, padding: int, hflip: b
     return out
 
 
-class _Normalise(nn.Module):
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return ((pixels.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-
 def fit_scratch(pixels: np.ndarray, labels: np.ndarray, model: HashNet, facts: ModelFacts, config: ScratchConfig,
                 loss: BaseHashLoss, *, seed: int = 0, progress: bool = False, checkpoint: Path | None = None,
                 on_epoch_end: Callable[[int], None] | None = None) -> HashNet:
@@ -149,7 +140,7 @@ def fit_scratch(pixels: np.ndarray, labels: np.ndarray, model: HashNet, facts: M
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(memory_format=torch.channels_last)
-    norm = _Normalise(facts.mean, facts.std)
+    norm = PixelNormalise(facts.mean, facts.std)
     yt = torch.from_numpy(np.asarray(labels, np.int64))
     hashing_params = [p for n, p in model.named_parameters() if not n.startswith("head.classifier.")]
     opt = torch.optim.AdamW([{"params": hashing_params}, {"params": model.head.classifier.parameters()}],
@@ -168,6 +159,7 @@ def fit_scratch(pixels: np.ndarray, labels: np.ndarray, model: HashNet, facts: M
             for step in range(per_epoch):
                 idx = np.sort(order[step * batch:(step + 1) * batch])
                 x = norm(torch.from_numpy(augment(pixels[idx], rng, config.crop_padding, config.hflip)))
+                x = x.contiguous(memory_format=torch.channels_last)
                 features = model.backbone(x)
                 u = model.head.hash(features)
                 value = loss(u, yt[idx], model.head.classifier(u))
@@ -200,7 +192,7 @@ def _fingerprint(pixels: np.ndarray, labels: np.ndarray, model: HashNet, facts: 
 
 def encode_pixels(model: HashNet, facts: ModelFacts, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(u, logits) of uint8 pixels through the model in eval mode."""
-    norm = _Normalise(facts.mean, facts.std)
+    norm = PixelNormalise(facts.mean, facts.std)
     model.eval()
     us, logits = [np.empty((0, model.bits), np.float32)], [np.empty((0, model.head.num_classes), np.float32)]
     with torch.no_grad():
