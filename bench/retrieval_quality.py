@@ -94,12 +94,12 @@ def cifar_test_imagefolder(per_class: int) -> Path:
 
 
 def cifar_dsh(figures: dict[str, float], quick: bool, seed: int) -> None:
-    """The DSH network from scratch on the DSH protocol (quick: 300 + 300 images per class, 6 epochs)."""
+    """The DSH network from scratch on the DSH protocol (quick: 500 + 500 images per class, 12 epochs)."""
     for name, key, bits_list in (("cifar10_dsh_net_dhcnn_12.yaml", "cifar_dsh", CIFAR_DSH_BITS),
                                  ("cifar10_dsh_net_12.yaml", "cifar_dsh_dshloss", (12, 48))):
         config = load_config(REPO / "configs" / name)
         if quick:
-            config = replace(config, limit_per_class=300, scratch=replace(config.scratch, epochs=6))
+            config = replace(config, limit_per_class=500, scratch=replace(config.scratch, epochs=12))
         split = config.load_split()
         for bits in bits_list:
             start = time.perf_counter()
