@@ -119,6 +119,9 @@ def onnx_bytes(module: torch.nn.Module, input_size: int, input_names: list[str],
             # the backbone's strided Slice ops are not constant-folded (they run fine).
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+            # Pooling bins read the feature map's size as Python ints: constant by design, since a
+            # served model has one input size (only the batch axis is dynamic).
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(module, (torch.zeros(2, 3, input_size, input_size, dtype=dtype),), buf,
                               input_names=input_names, output_names=output_names, dynamic_axes=batch,
                               opset_version=OPSET, dynamo=False)

@@ -179,3 +179,32 @@ def test_orbithash_train_runs_a_scratch_config_end_to_end(tmp_path: Path, capsys
     assert line["database"] + line["queries"] == 300 and line["map"] > 0.3
     assert ExportedModel(tmp_path / "repo" / "orbithash" / "1" / "model.onnx").facts.version == line["version"]
 
+
+
+@pytest.mark.parametrize("size", [(6, 6), (3, 3), (7, 5), (13, 13), (2, 9)])
+def test_adaptive_max_pool_matches_torch_at_any_map_size(size: tuple[int, int]) -> None:
+    from orbithash.models.alexnet_spp import AdaptiveMaxPool
+
+    x = torch.randn(2, 3, *size)
+    for n in (1, 2, 4, 6):
+        torch.testing.assert_close(AdaptiveMaxPool(n)(x), torch.nn.AdaptiveMaxPool2d(n)(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("alexnet-spp", 224), ("alexnet-spp", 128), ("vgg-f", 128)])
+def test_the_paper_backbones_export_and_serve_what_torch_computes(backbone: str, size: int, tmp_path: Path) -> None:
+    """The served graph (uint8 pixels → ONNX → codes) must equal torch, also where SPP's or VGG-F's
+    pooling bins do not divide the conv map (AlexNet's 13×13 conv5 map into 2×2 and 4×4 at 224 px)."""
+    from orbithash.export import export_model
+
+    net, size = make_backbone(backbone, size)
+    torch.manual_seed(0)
+    model = HashNet(16, 3, backbone=net).eval()
+    facts = ModelFacts(name="paper", version="pending", bits=16, class_names=["a", "b", "c"], input_size=size,
+                       mean=(120.0, 115.0, 100.0), std=(60.0, 58.0, 57.0), method="dhcnn", backbone=backbone)
+    export_model(model, facts, tmp_path, "paper")
+    served = ExportedModel(tmp_path / "paper" / "1" / "model.onnx")
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, size, size), dtype=np.uint8)
+    u_onnx, logits_onnx = served.infer(pixels)
+    u, logits = encode_pixels(model, facts, pixels)
+    np.testing.assert_allclose(u_onnx, u, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits_onnx, logits, rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,13 +34,40 @@ class PowerMeanTransform(nn.Module):
         return torch.cat([torch.log(shifted), shifted.pow(self.alpha)], dim=1)
 
 
+def _bins(size: int, n: int) -> list[tuple[int, int]]:
+    """Bin i of n over ``size`` cells: [⌊i·size/n⌋, ⌈(i+1)·size/n⌉), PyTorch's adaptive pooling bins."""
+    return [((i * size) // n, -(-(i + 1) * size // n)) for i in range(n)]
+
+
+class AdaptiveMaxPool(nn.Module):
+    """``nn.AdaptiveMaxPool2d(n)`` that also exports to ONNX when n does not divide the map.
+
+    The TorchScript exporter refuses adaptive max pooling unless the output size divides the
+    input size (AlexNet's 13×13 conv5 map at 224 px into SPP's 2×2 and 4×4 levels, VGG-F's map
+    at other input sizes). The served model has a fixed input size, so the bins are known when the graph is
+    traced: pool each bin band of rows, then each band of columns (a rectangle's max is the max
+    of its row maxima), which is the same arithmetic with plain slices and ReduceMax.
+    """
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if h % self.n == 0 and w % self.n == 0:
+            return F.adaptive_max_pool2d(x, self.n)
+        rows = torch.cat([x[..., a:b, :].amax(dim=-2, keepdim=True) for a, b in _bins(h, self.n)], dim=-2)
+        return torch.cat([rows[..., a:b].amax(dim=-1, keepdim=True) for a, b in _bins(w, self.n)], dim=-1)
+
+
 class SpatialPyramidPool(nn.Module):
     """Max pooling over an n×n grid for every level n, flattened and concatenated."""
 
     def __init__(self, levels: Sequence[int] = (1, 2, 4)) -> None:
         super().__init__()
         self.levels = tuple(levels)
-        self.pools = nn.ModuleList(nn.AdaptiveMaxPool2d(n) for n in self.levels)
+        self.pools = nn.ModuleList(AdaptiveMaxPool(n) for n in self.levels)
 
     def out_features(self, channels: int) -> int:
         return channels * sum(n * n for n in self.levels)
