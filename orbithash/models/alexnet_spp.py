@@ -44,9 +44,9 @@ class AdaptiveMaxPool(nn.Module):
 
     The TorchScript exporter refuses adaptive max pooling unless the output size divides the
     input size (AlexNet's 13×13 conv5 map at 224 px into SPP's 2×2 and 4×4 levels, VGG-F's map
-    at other input sizes). The served model has a fixed input size, so the bins are known when the graph is
-    traced: pool each bin band of rows, then each band of columns (a rectangle's max is the max
-    of its row maxima), which is the same arithmetic with plain slices and ReduceMax.
+    at other input sizes). The served model has a fixed input size, so the bins are known when
+    the graph is traced: pool each band of rows, then each band of columns (a rectangle's max is
+    the max of its row maxima): the same arithmetic with plain slices and ReduceMax.
     """
 
     def __init__(self, n: int) -> None:
