@@ -57,7 +57,8 @@ class ScratchConfig:
 
     Defaults: DSH's net on CIFAR-10. The paper trains with Caffe SGD for 150 000 iterations of
     batch 200 (600 epochs); AdamW with a one-cycle schedule and crop/flip augmentation gets
-    there in tens of epochs on a 2-core CPU (≈ 22 s per 50 000 images, channels-last).
+    there in tens of epochs on a 2-core CPU (≈ 14 batches of 128 per second, ≈ 28 s per 50 000
+    images, channels-last; docs/results.md).
     """
 
     epochs: int = 30
