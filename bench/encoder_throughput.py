@@ -28,13 +28,14 @@ import numpy as np
 import onnxruntime as ort
 
 from orbithash.data import load_split
+from orbithash.export.repository import model_path
 from orbithash.images import pixels_batch
-from orbithash.local.cluster import start_service
-from orbithash.local.demo import ensure_model
-from orbithash.local.triton import TritonServer
 from orbithash.model_facts import INPUT_NAME, ModelFacts
-from orbithash.v1 import orbithash_pb2 as pb
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_local.cluster import start_service
+from orbithash_local.demo import ensure_model
+from orbithash_local.triton import TritonServer
 
 BATCHES = (1, 8, 32)
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
@@ -70,8 +71,7 @@ def main() -> int:
     split = load_split(None)
     facts: ModelFacts = ensure_model(split, REPO, bits=64, retrain=False)
     images = [r.data for r in (split.database + split.queries)[:n_images]]
-    model_path = REPO / "orbithash" / "1" / "model.onnx"
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_path(REPO)), providers=["CPUExecutionProvider"])
 
     def plain(batch: list[bytes]) -> None:
         session.run(None, {INPUT_NAME: pixels_batch(batch, facts)})

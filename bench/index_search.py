@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orbithash.hamming import HammingIndex
+from orbithash.index import HammingIndex
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -161,11 +161,11 @@ def rpc_section(n: int, out: dict) -> None:
     """A real redis-server (appendfsync always) and ``python -m index_service`` over loopback."""
     import grpc
 
-    from orbithash.local.cluster import grpc_serving
-    from orbithash.local.processes import ManagedProcess, free_port
-    from orbithash.local.redis_server import RedisServer
-    from orbithash.v1 import orbithash_pb2 as pb
-    from orbithash.v1 import orbithash_pb2_grpc as rpc
+    from orbithash_api.v1 import orbithash_pb2 as pb
+    from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+    from orbithash_local.cluster import grpc_serving
+    from orbithash_local.processes import ManagedProcess, free_port
+    from orbithash_local.redis_server import RedisServer
 
     bits, version = 64, "bench"
     rng = np.random.default_rng(2)

@@ -32,11 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orbithash.config import load_config
 from orbithash.data import Split, default_data_dir, load_split, sample_protocol
-from orbithash.evaluate import format_table, sweep, write_report
-from orbithash.scratch import train_scratch
-from orbithash.train import HeadConfig, backbone_facts, cached_features, default_cache_dir, train
+from orbithash.evaluation.evaluate import format_table, sweep, write_report
+from orbithash.training.config import load_config
+from orbithash.training.finetune import HeadConfig, backbone_facts, cached_features, default_cache_dir, train
+from orbithash.training.scratch import train_scratch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "bench" / "retrieval_quality"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -12,15 +11,15 @@ from encoder_service.backends import InferenceBackend, OnnxRuntimeBackend, Trito
 from encoder_service.encoder import Encoder, EncoderMetrics
 from encoder_service.servicer import EncoderServicer
 from encoder_service.settings import EncoderSettings
-from orbithash.serving.server import GrpcServer, run_service, service_name
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash.export.repository import model_path
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.server import GrpcServer, run_service, service_name
 
 
 def build_backend(settings: EncoderSettings) -> InferenceBackend:
     if settings.triton_url:
         return TritonBackend(settings.triton_url, settings.model_name, settings.triton_timeout_s)
-    path = Path(settings.model_repository) / settings.model_name / "1" / "model.onnx"
-    return OnnxRuntimeBackend(path, settings.threads)
+    return OnnxRuntimeBackend(model_path(settings.model_repository, settings.model_name), settings.threads)
 
 
 def build_server(settings: EncoderSettings) -> GrpcServer:

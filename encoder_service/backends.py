@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from orbithash import OrbitHashError, TritonFailure, Unavailable
-from orbithash.exported import ExportedModel
+from orbithash.export.runtime import ExportedModel
 from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from encoder_service.backends import InferenceBackend
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.bits import pack_signs
-from orbithash.exported import softmax
+from orbithash.export.runtime import softmax
 from orbithash.images import decode_image, resize_pixels
 from orbithash.model_facts import ModelFacts
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import grpc
 
 from encoder_service.encoder import EncodedBatch, Encoder
-from orbithash.serving.convert import model_info
-from orbithash.v1 import orbithash_pb2 as pb
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.convert import model_info
 
 
 class EncoderServicer(rpc.EncoderServicer):

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 from gateway.router import Router
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
-from orbithash.serving.server import GrpcServer, run_service, service_name
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.server import GrpcServer, run_service, service_name
 
 
 def build_server(settings: GatewaySettings) -> GrpcServer:

@@ -17,10 +17,10 @@ from gateway.settings import GatewaySettings
 from orbithash import InvalidInput, NotFound, Unavailable
 from orbithash.bits import padding_is_zero
 from orbithash.model_facts import ModelFacts
-from orbithash.serving.convert import facts_from_info
-from orbithash.serving.server import CHANNEL_OPTIONS
-from orbithash.v1 import orbithash_pb2 as pb
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.convert import facts_from_info
+from orbithash_serving.server import CHANNEL_OPTIONS
 
 log = logging.getLogger("orbithash.gateway")
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import grpc
 
 from gateway.router import Router
-from orbithash.serving.convert import model_info
-from orbithash.v1 import orbithash_pb2 as pb
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.convert import model_info
 
 
 class GatewayServicer(rpc.GatewayServicer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from orbithash.serving.settings import ServiceSettings
+from orbithash_serving.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):

@@ -13,9 +13,9 @@ from index_service.servicer import IndexShardServicer
 from index_service.settings import IndexSettings
 from index_service.shard import Shard
 from index_service.store import ShardStore
-from orbithash.hamming import warm_up
-from orbithash.serving.server import GrpcServer, run_service, service_name
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash.index import warm_up
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.server import GrpcServer, run_service, service_name
 
 
 def build_server(settings: IndexSettings) -> GrpcServer:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from index_service.shard import Shard
-from orbithash.v1 import orbithash_pb2 as pb
-from orbithash.v1 import orbithash_pb2_grpc as rpc
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 
 
 class IndexShardServicer(rpc.IndexShardServicer):

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from index_service.store import ShardStore
 from orbithash import InvalidInput, Mismatch, ResourceExhausted
 from orbithash.bits import code_bytes, padding_is_zero
-from orbithash.hamming import MIH_MIN_ITEMS, HammingIndex, rerank_asymmetric
+from orbithash.index import MIH_MIN_ITEMS, HammingIndex, rerank_asymmetric
 
 log = logging.getLogger("orbithash.index")
 

@@ -3,7 +3,7 @@
 The top-level package is the hashing library (data, models, losses, training, evaluation, export,
 bit codes and Hamming search). It imports neither gRPC nor Redis: the services in
 ``encoder_service``, ``index_service`` and ``gateway`` are thin adapters over it.
-``orbithash.v1`` holds the code generated from ``proto/`` and ``orbithash.serving`` the shared
+``orbithash_api.v1`` holds the code generated from ``proto/`` and ``orbithash_serving`` the shared
 gRPC plumbing; the hashing modules never import either.
 """
 

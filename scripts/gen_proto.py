@@ -1,7 +1,16 @@
-"""Regenerate orbithash/v1/ from proto/ (grpcio-tools); tests/test_proto.py fails when stale."""
+"""Regenerate orbithash_api/v1/ from proto/ (grpcio-tools); tests/unit/api/test_proto.py fails when stale.
+
+The contract lives in ``proto/orbithash/v1/orbithash.proto`` (protobuf package ``orbithash.v1``,
+so the gRPC names stay ``orbithash.v1.Gateway`` and so on). The generated Python goes into its own
+small package, ``orbithash_api``, which needs only grpcio and protobuf: a client or a service
+imports the contract without the hashing library. protoc names the generated modules after the
+proto file's path, so the file is compiled from a temporary root where it sits at
+``orbithash_api/v1/orbithash.proto``.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,24 +18,28 @@ from pathlib import Path
 from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parents[1]
-PROTO_ROOT = REPO / "proto"
-PROTO = PROTO_ROOT / "orbithash" / "v1" / "orbithash.proto"
-OUT_PACKAGE = REPO / "orbithash" / "v1"
+PROTO = REPO / "proto" / "orbithash" / "v1" / "orbithash.proto"
+PACKAGE = Path("orbithash_api") / "v1"
+OUT_PACKAGE = REPO / PACKAGE
 GENERATED = ("orbithash_pb2.py", "orbithash_pb2.pyi", "orbithash_pb2_grpc.py")
 
 
 def generate(out_root: Path) -> None:
     include = Path(protoc.__file__).parent / "_proto"
-    argv = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_root}",
-            f"--pyi_out={out_root}", f"--grpc_python_out={out_root}", str(PROTO)]
-    if protoc.main(argv) != 0:
-        raise SystemExit("protoc failed")
+    with tempfile.TemporaryDirectory() as root:
+        source = Path(root) / PACKAGE / PROTO.name
+        source.parent.mkdir(parents=True)
+        shutil.copyfile(PROTO, source)
+        argv = ["protoc", f"-I{root}", f"-I{include}", f"--python_out={out_root}",
+                f"--pyi_out={out_root}", f"--grpc_python_out={out_root}", str(source)]
+        if protoc.main(argv) != 0:
+            raise SystemExit("protoc failed")
 
 
 def generated_files() -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
-        return {name: (Path(tmp) / "orbithash" / "v1" / name).read_text() for name in GENERATED}
+        return {name: (Path(tmp) / PACKAGE / name).read_text() for name in GENERATED}
 
 
 def main() -> int:

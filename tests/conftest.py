@@ -6,11 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import SHARED_DATA
 
-from orbithash.local.redis_server import RedisServer
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from orbithash_local.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +39,7 @@ def ucm_subset():
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path:
     """A model repository with a small real model trained here (32 bits, few epochs)."""
-    from orbithash.train import train_and_export
+    from orbithash.training.finetune import train_and_export
 
     repo = tmp_path_factory.mktemp("model_repository")
     train_and_export(ucm_subset, bits=32, repo_dir=repo, progress=False)
@@ -51,7 +49,7 @@ def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory, trained_repo: Path):
     """The real cluster: redis-server, tritonserver, encoder, two shards, gateway."""
-    from orbithash.local.cluster import Cluster, ClusterConfig
+    from orbithash_local.cluster import Cluster, ClusterConfig
 
     config = ClusterConfig(model_repository=trained_repo, work_dir=tmp_path_factory.mktemp("cluster"), shards=2)
     with Cluster(config) as running:

@@ -4,7 +4,7 @@
         [--model orbithash] [--index-env deploy/k8s/base/model-facts.env]
 
 Reads ``<source>/<model>/config.pbtxt`` and writes into ``<target>/<model>/``:
-``config.pbtxt`` (onnxruntime_onnx on GPU with TensorRT, from orbithash/triton/gpu.pbtxt.template),
+``config.pbtxt`` (onnxruntime_onnx on GPU with TensorRT, from orbithash/export/triton/gpu.pbtxt.template),
 ``configs/cpu.pbtxt`` (the same on CPU, picked by ``tritonserver --model-config-name=cpu``)
 and a copy of ``1/model.onnx``. Name, input, output and the model's ``parameters`` (its facts)
 are kept line for line; only the serving lines are replaced. ``--index-env`` also writes the
@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from orbithash.triton.configs import CPU_CONFIG_NAME, cpu_variant, gpu_config
+from orbithash.export.triton.configs import CPU_CONFIG_NAME, cpu_variant, gpu_config
 
 
 def parameter(config: str, key: str) -> str:

@@ -5,7 +5,7 @@ features once and fit only the head (a CPU runs the full network at ~15 images/s
 the exported model is the whole chain, so serving needs nothing but the image.
 
 The from-scratch networks of the papers (``DSHNet``, ``AlexNetSPP`` with PMT, ``VGGF``) live in
-their own modules and plug in as ``HashNet(..., backbone=...)``; ``orbithash.scratch`` trains them.
+their own modules and plug in as ``HashNet(..., backbone=...)``; ``orbithash.training.scratch`` trains them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orbithash.baselines import LinearHash, fit_lsh
+from orbithash.evaluation.baselines import LinearHash, fit_lsh
 from orbithash.models.alexnet_spp import AlexNetSPP, PowerMeanTransform, SpatialPyramidPool
 from orbithash.models.dsh_net import DSHNet
 from orbithash.models.vgg_f import VGGF
@@ -169,7 +169,7 @@ def lsh_codes(features: np.ndarray, bits: int, *, seed: int = 0, mean: np.ndarra
     """LSH baseline: packed signs of Gaussian random projections of centred features.
 
     ``mean`` defaults to the features' own mean; pass the database mean when coding queries.
-    Kept for its callers; ``orbithash.baselines.fit_lsh`` is the fitted form.
+    Kept for its callers; ``orbithash.evaluation.baselines.fit_lsh`` is the fitted form.
     """
     x = np.asarray(features, np.float64)
     lsh = fit_lsh(x, bits, seed=seed)

@@ -1,0 +1,1 @@
+"""Retrieval metrics (mAP with ties by database order, accuracy), LSH/ITQ baselines and reports."""

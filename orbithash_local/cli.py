@@ -1,0 +1,213 @@
+"""The ``orbithash`` command: demo, up, down, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+DEFAULT_REPO = Path("model_repository")
+DEFAULT_WORK = Path("runs") / "cluster"
+DEFAULT_CHECKPOINTS = Path("runs") / "checkpoints"
+DEFAULT_EVAL = Path("runs") / "evaluate"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from orbithash_local.demo import run_demo
+
+    report = run_demo(args.data, args.model_repository, bits=args.bits, shards=args.shards,
+                      use_triton=not args.embedded, retrain=args.retrain, max_queries=args.queries)
+    print(f"dataset {report.dataset}: {report.database} database images, {report.queries} queries, "
+          f"{report.bits} bits")
+    print(f"mAP {report.map:.4f}  accuracy {report.accuracy:.4f}  "
+          f"latency p50 {report.p50_ms:.1f} ms  p99 {report.p99_ms:.1f} ms")
+    print(report.json_line())
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from orbithash_local.cluster import Cluster, ClusterConfig
+
+    config = ClusterConfig(model_repository=args.model_repository, work_dir=args.work_dir, shards=args.shards,
+                           use_triton=not args.embedded, gateway_port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with Cluster(config) as cluster:
+        print(json.dumps(cluster.endpoints(), indent=2))
+        print(f"OrbitHash is up: gateway on {cluster.endpoints()['gateway']}. "
+              "Ctrl-C or `orbithash down` stops it.", flush=True)
+        stop.wait()
+        print("stopping…", flush=True)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from orbithash_local.cluster import STATE_FILE
+
+    state_path = args.work_dir / STATE_FILE
+    if not state_path.exists():
+        print(f"no running cluster recorded in {state_path}")
+        return 1
+    pid = json.loads(state_path.read_text())["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        state_path.unlink()
+        print(f"cluster process {pid} was already gone")
+        return 1
+    print(f"asked cluster process {pid} to stop")
+    return 0
+
+
+def _run_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily: torch is slow to load)
+    from dataclasses import replace
+
+    from orbithash.training.config import TrainConfig, load_config
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    config = config.with_overrides(dataset=str(args.data) if args.data else None, bits=args.bits,
+                                   seed=args.seed, method=args.method)
+    if args.epochs is not None:
+        config = replace(config, head=replace(config.head, epochs=args.epochs),
+                         scratch=replace(config.scratch, epochs=args.epochs))
+    return config
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _run_config(args)
+    checkpoint = args.checkpoint or (DEFAULT_CHECKPOINTS / f"{config.model_name}-{config.backbone}-{config.method}-"
+                                     f"{config.bits}b-{config.protocol}-seed{config.seed}.pt")
+    split = config.load_split()
+    from orbithash.training.finetune import export_trained, train
+
+    if config.from_scratch:
+        from orbithash.training.scratch import train_scratch
+
+        result = train_scratch(split, backbone=config.backbone, bits=config.bits, seed=config.seed,
+                               config=config.scratch, loss=config.make_loss(), method=config.method,
+                               checkpoint=checkpoint, name=config.model_name)
+    else:
+        result = train(split, bits=config.bits, seed=config.seed, config=config.head, method=config.method,
+                       loss=config.make_loss(), checkpoint=checkpoint)
+    facts, metrics = export_trained(result, args.model_repository, config.model_name), result.metrics
+    print(json.dumps({"name": facts.name, "version": facts.version, "bits": facts.bits,
+                      "classes": len(facts.class_names), "method": facts.method, "backbone": facts.backbone,
+                      "protocol": config.protocol, "database": len(split.database),
+                      "queries": len(split.queries), "training": len(split.training), **metrics}))
+    return 0
+
+
+def _evaluate_exported(args: argparse.Namespace) -> int:
+    """Score the model that is exported (and served), encoding every image through it."""
+    from orbithash.evaluation.evaluate import evaluate_exported, write_report
+    from orbithash.export.repository import model_path
+
+    config = _run_config(args)
+    split = config.load_split()
+    result, meta = evaluate_exported(model_path(args.model_repository, config.model_name), split)
+    paths = write_report([result], args.out, {**meta, "protocol": config.protocol, "seed": config.seed})
+    summary = {k: result[k] for k in ("method", "bits", "map", "map_tie_aware", "accuracy", "precision_radius_2")}
+    print(json.dumps({**summary, "dataset": split.name, **{k: str(v) for k, v in paths.items()}}))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    if args.exported:
+        return _evaluate_exported(args)
+    from orbithash.evaluation.evaluate import format_table, sweep, write_report
+    from orbithash.training.finetune import backbone_facts, cached_features
+
+    config = _run_config(args)
+    split = config.load_split()
+    methods = args.methods.split(",")
+    bits_list = [int(b) for b in args.bits_list.split(",")]
+    feats = cached_features(split, backbone_facts(split, max(bits_list)), config.head.views)
+    results = sweep(feats, split.labels("database"), split.labels("queries"), len(split.class_names), methods,
+                    bits_list, head_config=config.head, loss_params={config.method: config.loss}, seed=config.seed,
+                    train_labels=split.labels("training"))
+    meta = {"dataset": split.name, "protocol": config.protocol, "database": len(split.database),
+            "queries": len(split.queries), "seed": config.seed, "backbone": config.backbone,
+            "head": asdict(config.head), "ties": "database order (stable sort)"}
+    paths = write_report(results, args.out, meta)
+    print(format_table(results))
+    print(format_table(results, "map_tie_aware"))
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orbithash", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model-repository", type=Path, default=DEFAULT_REPO)
+
+    demo = sub.add_parser("demo", help="train or reuse a model, run the cluster, ingest, query, score")
+    common(demo)
+    demo.add_argument("--data", type=Path, default=None,
+                      help="UC Merced (folder or zip), CIFAR-10 or any ImageFolder tree; "
+                           "default: ../shared/data/ucmerced.zip, else scikit-learn digits")
+    demo.add_argument("--bits", type=int, default=64)
+    demo.add_argument("--shards", type=int, default=2)
+    demo.add_argument("--queries", type=int, default=None, help="use only the first N queries")
+    demo.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
+    demo.add_argument("--retrain", action="store_true", help="train even if a matching model is exported")
+    demo.set_defaults(func=_demo)
+
+    up = sub.add_parser("up", help="start the whole cluster on loopback until Ctrl-C")
+    common(up)
+    up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    up.add_argument("--shards", type=int, default=2)
+    up.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
+    up.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
+    up.set_defaults(func=_up)
+
+    down = sub.add_parser("down", help="stop a cluster started by `orbithash up`")
+    down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    down.set_defaults(func=_down)
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=None, help="training config (.yaml/.toml, see configs/)")
+        p.add_argument("--data", type=Path, default=None, help="dataset zip or folder (overrides the config)")
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--method", default=None, help="loss: dhcnn, dpsh, dsh, aurora (overrides the config)")
+        p.add_argument("--epochs", type=int, default=None, help="head epochs (overrides the config)")
+
+    train = sub.add_parser("train", help="train a model and export it to the model repository")
+    common(train)
+    run_options(train)
+    train.add_argument("--bits", type=int, default=None)
+    train.add_argument("--checkpoint", type=Path, default=None,
+                       help=f"head checkpoint, resumed when it matches (default under {DEFAULT_CHECKPOINTS})")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="score methods × code lengths on the config's dataset")
+    common(evaluate)
+    run_options(evaluate)
+    evaluate.add_argument("--exported", action="store_true",
+                          help="score the exported model in --model-repository (what the encoder serves)")
+    evaluate.set_defaults(bits=None)
+    evaluate.add_argument("--methods", default="dhcnn,dpsh,dsh,itq,lsh")
+    evaluate.add_argument("--bits-list", default="16,32,48,64")
+    evaluate.add_argument("--out", type=Path, default=DEFAULT_EVAL, help="report.json and PNG plots go here")
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
