@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from orbithash.codes import MAX_BITS, MIN_BITS
 from orbithash_serving.settings import ServiceSettings
 
 
@@ -13,10 +14,10 @@ class IndexSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="ORBITHASH_INDEX_")
 
-    shard: int = Field(0, description="this shard's number")
+    shard: int = Field(0, ge=0, description="this shard's number")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding this shard's keys")
-    bits: int = Field(64, description="code length K the shard accepts")
-    model_version: str = Field(..., description="model version the shard accepts")
-    namespace: str = Field("orbithash", description="Redis key prefix")
-    max_k: int = Field(100_000, description="largest k one search may ask for")
-    max_batch: int = Field(1024, description="most query codes or items in one call")
+    bits: int = Field(64, ge=MIN_BITS, le=MAX_BITS, description="code length K the shard accepts")
+    model_version: str = Field(..., min_length=1, description="model version the shard accepts")
+    namespace: str = Field("orbithash", min_length=1, description="Redis key prefix")
+    max_k: int = Field(100_000, ge=1, le=10_000_000, description="largest k one search may ask for")
+    max_batch: int = Field(1024, ge=1, le=1_000_000, description="most query codes or items in one call")

@@ -1,8 +1,11 @@
 """One shard's data plane: Redis store (system of record) + in-memory Hamming mirror.
 
 A write is acknowledged only after Redis executed it; the mirror then applies the same slots, so
-a restarted shard rebuilds exactly what it acknowledged. Validation lives here, not in the
-servicer.
+a restarted shard rebuilds exactly what it acknowledged. Writes are serialised by one mutex so
+the mirror applies them in the order Redis did; searches never take it: they read the mirror
+under its own reader-writer lock (held only while the mirror changes, never across a Redis call),
+so concurrent queries run in parallel and a slow Redis write does not stall them. Validation
+(``orbithash.codes``) happens here, once, not in the servicer.
 """
 
 from __future__ import annotations
@@ -17,12 +20,10 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from index_service.store import ShardStore
 from orbithash import InvalidInput, Mismatch, ResourceExhausted
-from orbithash.bits import code_bytes, padding_is_zero
+from orbithash.codes import as_code_array, check_ids, check_k, check_labels, rerank_pool
 from orbithash.index import MIH_MIN_ITEMS, HammingIndex, rerank_asymmetric
 
 log = logging.getLogger("orbithash.index")
-
-MAX_ID_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Shard:
         self.max_batch = max_batch
         self._store = store
         self._index = HammingIndex(bits)
-        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # writes only: Redis order = mirror order
         self._items = Gauge("orbithash_index_items", "Live items in this shard.", registry=registry)
 
     def open(self) -> None:
@@ -72,28 +73,20 @@ class Shard:
             raise Mismatch(f"shard {self.shard} holds {self.bits}-bit codes of model {self.model_version!r}; "
                            f"got {bits}-bit codes of model {model_version!r}")
 
-    def _codes(self, codes: Sequence[bytes], what: str) -> np.ndarray:
-        if not codes:
+    def _check_batch(self, n: int, what: str) -> None:
+        if not n:
             raise InvalidInput(f"no {what} given")
-        if len(codes) > self.max_batch:
-            raise ResourceExhausted(f"{len(codes)} {what} in one call, limit {self.max_batch}")
-        width = code_bytes(self.bits)
-        for i, code in enumerate(codes):
-            if len(code) != width:
-                raise InvalidInput(f"{what} {i}: {len(code)} bytes, a {self.bits}-bit code has {width}")
-            if not padding_is_zero(code, self.bits):
-                raise InvalidInput(f"{what} {i}: padding bits beyond bit {self.bits} must be zero")
-        return np.frombuffer(b"".join(codes), np.uint8).reshape(len(codes), width)
+        if n > self.max_batch:
+            raise ResourceExhausted(f"{n} {what} in one call, limit {self.max_batch}")
 
     def add(self, ids: Sequence[str], codes: Sequence[bytes], labels: Sequence[int], bits: int,
             model_version: str) -> tuple[int, int]:
         self._check_model(bits, model_version)
-        packed = self._codes(codes, "codes")
-        for i, item_id in enumerate(ids):
-            if not item_id or len(item_id.encode()) > MAX_ID_BYTES:
-                raise InvalidInput(f"item {i}: id must be 1..{MAX_ID_BYTES} bytes of UTF-8")
-        lab = np.asarray(labels, np.int32)
-        with self._lock:
+        self._check_batch(len(codes), "codes")
+        packed = as_code_array(codes, self.bits, "codes", n=len(ids))
+        check_ids(ids)
+        lab = check_labels(np.asarray(labels, np.int64), len(ids))
+        with self._write_lock:
             slots, replaced = self._store.upsert(ids, packed, lab)
             self._index.put(slots, ids, packed, lab)
             self._items.set(len(self._index))
@@ -102,7 +95,8 @@ class Shard:
     def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         if not ids:
             raise InvalidInput("no ids given")
-        with self._lock:
+        check_ids(ids)
+        with self._write_lock:
             deleted, missing = self._store.delete(ids)
             self._index.remove(deleted)
             self._items.set(len(self._index))
@@ -113,23 +107,24 @@ class Shard:
         """Exact top-k by Hamming distance; with ``u`` (K floats per query), the ``candidates``
         nearest are re-ranked by the asymmetric score -u·b and the best k returned."""
         self._check_model(bits, model_version)
-        if not 1 <= k <= self.max_k:
-            raise InvalidInput(f"k must be in 1..{self.max_k}, got {k}")
-        queries = self._codes(codes, "query codes")
+        check_k(k, self.max_k)
+        self._check_batch(len(codes), "query codes")
+        queries = as_code_array(codes, self.bits, "query codes")
         if not len(u):
-            with self._lock:
-                results = self._index.search(queries, k, max_distance, label)
+            results = self._index.search(queries, k, max_distance, label)
             return [[ShardHit(i, d, lab) for i, d, lab in hits] for hits in results]
         if len(u) != len(codes) * self.bits:
             raise InvalidInput(f"u has {len(u)} floats; {len(codes)} queries of {self.bits} bits need "
                                f"{len(codes) * self.bits}")
-        pool = min(max(candidates or 4 * k, k), self.max_k)
         us = np.asarray(u, np.float64).reshape(len(codes), self.bits)
-        with self._lock:
-            results = self._index.search(queries, pool, max_distance, label)
-            stored = [[self._index.get(i) for i, _, _ in hits] for hits in results]
-        return [self._rerank(hits, [s[0] for s in found], q_u, k)
-                for hits, found, q_u in zip(results, stored, us, strict=True)]
+        results = self._index.search(queries, rerank_pool(k, candidates, self.max_k), max_distance, label)
+        reranked = []
+        for hits, q_u in zip(results, us, strict=True):
+            # An item deleted between the search and this read is dropped, as if searched a moment later.
+            stored = [(hit, self._index.get(hit[0])) for hit in hits]
+            kept = [(hit, entry[0]) for hit, entry in stored if entry is not None]
+            reranked.append(self._rerank([h for h, _ in kept], [c for _, c in kept], q_u, k))
+        return reranked
 
     def _rerank(self, hits: list[tuple[str, int, int]], codes: list[bytes], u: np.ndarray,
                 k: int) -> list[ShardHit]:
@@ -145,11 +140,11 @@ class Shard:
 
     def get(self, ids: Sequence[str]) -> tuple[list[tuple[str, bytes, int]], list[str]]:
         found, missing = [], []
-        with self._lock:
-            for item_id in ids:
-                entry = self._index.get(item_id)
-                if entry is None:
-                    missing.append(item_id)
-                else:
-                    found.append((item_id, entry[0], entry[1]))
+        check_ids(ids)
+        for item_id in ids:
+            entry = self._index.get(item_id)
+            if entry is None:
+                missing.append(item_id)
+            else:
+                found.append((item_id, entry[0], entry[1]))
         return found, missing

@@ -21,8 +21,8 @@ import redis
 
 from orbithash import InvalidInput, Mismatch, OrbitHashError, Unavailable
 from orbithash.bits import code_bytes as _code_bytes
+from orbithash.codes import as_code_array, check_bits, check_ids, check_labels
 
-_LABEL_NONE = -1
 _SCAN_CHUNK = 20_000  # slot_to_id entries per HSCAN round trip in load()
 
 # Shared by the scripts: KEYS = meta, codes, labels, slot_to_id, id_to_slot, free, next_slot;
@@ -168,8 +168,7 @@ class ShardStore:
                  namespace: str = "orbithash") -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise InvalidInput("ShardStore needs a Redis client with decode_responses=False: codes are binary")
-        if not 8 <= bits <= 256:
-            raise InvalidInput(f"bits must be in 8..256, got {bits}")
+        check_bits(bits)
         if not model_version:
             raise InvalidInput("model_version must not be empty")
         self._client = client
@@ -224,9 +223,9 @@ class ShardStore:
         the same slots (the existing count then includes the ids written by the first try).
         """
         n = len(ids)
-        codes = self._check_codes(codes, n)
-        label_blob = self._check_labels(labels, n)
-        encoded = self._encode_ids(ids)
+        codes = np.ascontiguousarray(as_code_array(codes, self.bits, n=n))
+        label_blob = check_labels(labels, n).astype("<i4").tobytes()
+        encoded = check_ids(ids)  # UTF-8 here, so the client's encoding settings cannot change the keys
         if n == 0:
             return np.empty(0, np.int64), 0
         with self._redis("writing items"):
@@ -236,9 +235,9 @@ class ShardStore:
 
     def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Delete items atomically; returns (deleted, missing), each id once, in input order."""
-        self._encode_ids(ids)  # validate every id before any is used
+        check_ids(ids)  # validate every id before any is used
         distinct = list(dict.fromkeys(ids))
-        encoded = self._encode_ids(distinct)
+        encoded = [item_id.encode() for item_id in distinct]
         if not distinct:
             return [], []
         with self._redis("deleting items"):
@@ -301,35 +300,3 @@ class ShardStore:
         all_codes = all_codes[: len(all_codes) // self.code_bytes * self.code_bytes].reshape(-1, self.code_bytes)
         all_labels = np.frombuffer(label_blob[: len(label_blob) // 4 * 4], "<i4")
         return slots, ids, all_codes[slots], all_labels[slots].astype(np.int32)
-
-    def _check_codes(self, codes: np.ndarray, n: int) -> np.ndarray:
-        arr = np.asarray(codes)
-        if arr.dtype != np.uint8 or arr.shape != (n, self.code_bytes):
-            raise InvalidInput(f"codes must be uint8 of shape ({n}, {self.code_bytes}) for {self.bits}-bit "
-                               f"codes, got {arr.dtype} {arr.shape}")
-        spare = self.code_bytes * 8 - self.bits
-        if spare and n and np.any(arr[:, -1] & np.uint8((1 << spare) - 1)):
-            raise InvalidInput(f"codes: the {spare} padding bits after bit {self.bits} must be zero")
-        return np.ascontiguousarray(arr)
-
-    @staticmethod
-    def _check_labels(labels: np.ndarray, n: int) -> bytes:
-        arr = np.asarray(labels)
-        if arr.shape != (n,) or (n and arr.dtype.kind not in "iu"):
-            raise InvalidInput(f"labels must be {n} integers, got {arr.dtype} {arr.shape}")
-        if n and (arr.min() < _LABEL_NONE or arr.max() > np.iinfo(np.int32).max):
-            raise InvalidInput(f"labels must be in {_LABEL_NONE}..{np.iinfo(np.int32).max} (-1 = none)")
-        return arr.astype("<i4").tobytes()
-
-    @staticmethod
-    def _encode_ids(ids: Sequence[str]) -> list[bytes]:
-        """UTF-8 ids, encoded here so the client's encoding settings cannot change the keys."""
-        out = []
-        for i, item_id in enumerate(ids):
-            if not isinstance(item_id, str) or not item_id:
-                raise InvalidInput(f"id {i} must be a non-empty string, got {item_id!r}")
-            try:
-                out.append(item_id.encode())
-            except UnicodeEncodeError as exc:
-                raise InvalidInput(f"id {i} is not encodable as UTF-8: {exc}") from exc
-        return out

@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from orbithash.export.repository import load_facts_from_onnx, model_path
+from orbithash.export.onnx_facts import load_facts_from_onnx
+from orbithash.export.repository import model_path
 from orbithash.model_facts import ModelFacts
 from orbithash_local.processes import ManagedProcess, free_port
 from orbithash_local.redis_server import RedisServer

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from orbithash.data import ImageRecord, Split, load_split
 from orbithash.evaluation.metrics import average_precision
-from orbithash.export.repository import exported_facts
+from orbithash.export.onnx_facts import exported_facts
 from orbithash.model_facts import ModelFacts, ModelFactsError
 from orbithash.training.finetune import train_and_export
 from orbithash_api.v1 import orbithash_pb2 as pb

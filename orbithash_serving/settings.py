@@ -17,10 +17,10 @@ S = TypeVar("S", bound="ServiceSettings")
 
 class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the gRPC server binds")
-    port: int = Field(0, description="gRPC port (0: the OS picks a free one)")
-    metrics_port: int = Field(0, description="Prometheus /metrics HTTP port (0: the OS picks one)")
-    workers: int = Field(16, description="gRPC handler threads")
-    grace_s: float = Field(5.0, description="seconds to drain in-flight RPCs on shutdown")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0: the OS picks a free one)")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port (0: the OS picks one)")
+    workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
+    grace_s: float = Field(5.0, ge=0, description="seconds to drain in-flight RPCs on shutdown")
     log_level: str = Field("INFO", description="logging level")
 
     @classmethod

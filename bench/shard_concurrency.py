@@ -1,0 +1,121 @@
+"""Queries per second on ONE index shard over gRPC at concurrency 1, 2 and 4.
+
+    .venv/bin/python bench/shard_concurrency.py [--quick] [--checkout DIR]
+
+Starts a real redis-server and ``python -m index_service`` on loopback, fills the shard with
+uniform random 64-bit codes through ``Add``, then for each concurrency c runs c client threads,
+each sending single-query ``Search`` calls (k = 100) back to back for a fixed time, and counts the
+answers. Every answer is checked to hold k hits. ``--checkout DIR`` runs the shard process from
+another checkout of this repository (e.g. a ``git worktree`` of an older commit) while the client
+stays this one, so a before/after comparison uses the same load generator. Prints a table and a
+final JSON line (``qps_c1``, ``qps_c2``, ``qps_c4``, ``speedup_c4``, per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_local.cluster import grpc_serving
+from orbithash_local.processes import ManagedProcess, free_port
+from orbithash_local.redis_server import RedisServer
+
+REPO = Path(__file__).resolve().parents[1]
+BITS, VERSION, K = 64, "bench", 100
+
+
+def fill(stub: rpc.IndexShardStub, n: int, rng: np.random.Generator) -> None:
+    codes = rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8)
+    for a in range(0, n, 1000):
+        items = [pb.Item(id=f"item-{i}", code=codes[i].tobytes(), label=i % 21) for i in range(a, min(n, a + 1000))]
+        stub.Add(pb.AddRequest(items=items, bits=BITS, model_version=VERSION), timeout=60)
+
+
+def run_load(address: str, concurrency: int, seconds: float, queries: list[pb.ShardSearchRequest]) -> float:
+    """Answers per second with ``concurrency`` threads, each on its own channel, for ``seconds``."""
+    counts = [0] * concurrency
+    start = threading.Barrier(concurrency + 1)
+    stop_at: list[float] = []
+
+    def worker(w: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = rpc.IndexShardStub(channel)
+            stub.Search(queries[w], timeout=30)  # connect before the clock starts
+            start.wait()
+            i = w
+            while time.perf_counter() < stop_at[0]:
+                reply = stub.Search(queries[i % len(queries)], timeout=30)
+                assert len(reply.results[0].hits) == K
+                counts[w] += 1
+                i += concurrency
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    stop_at.append(time.perf_counter() + seconds + 0.05)
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
+    rng = np.random.default_rng(n)
+    with tempfile.TemporaryDirectory(prefix="orbithash-conc-") as tmp:
+        redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
+        shard = None
+        try:
+            port = free_port()
+            argv = [sys.executable, "-m", "index_service", "--port", str(port), "--metrics-port", str(free_port()),
+                    "--redis-url", redis_server.url, "--bits", str(BITS), "--model-version", VERSION]
+            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(checkout))
+            shard = ManagedProcess("shard", argv, Path(tmp) / "shard.log", env=env, cwd=checkout)
+            address = f"127.0.0.1:{port}"
+            shard.wait_ready(lambda: grpc_serving(address), 120)
+            with grpc.insecure_channel(address) as channel:
+                fill(rpc.IndexShardStub(channel), n, rng)
+            queries = [pb.ShardSearchRequest(codes=[q.tobytes()], k=K, bits=BITS, model_version=VERSION)
+                       for q in rng.integers(0, 256, (256, BITS // 8), dtype=np.uint8)]
+            run_load(address, 2, 1.0, queries)  # warm-up
+            qps = {c: run_load(address, c, seconds, queries) for c in (1, 2, 4)}
+        finally:
+            if shard is not None:
+                shard.stop()
+            redis_server.stop()
+    label = f"{n // 1000}k"
+    for c, value in qps.items():
+        out[f"qps_c{c}_{label}"] = round(value, 1)
+        print(f"  {label:>6} codes, concurrency {c}: {value:8.1f} queries/s  ({value / qps[1]:.2f}x of c=1)")
+    out[f"speedup_c4_{label}"] = round(qps[4] / qps[1], 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one 100k shard, 3 s per concurrency")
+    parser.add_argument("--checkout", type=Path, default=REPO, help="repository the shard process runs from")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per concurrency level")
+    args = parser.parse_args()
+    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    seconds = args.seconds or (3.0 if args.quick else 8.0)
+    out: dict = {"checkout": str(args.checkout.resolve()), "cpus": os.cpu_count()}
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; shard from {args.checkout}")
+    for n in sizes:
+        measure(n, seconds, args.checkout.resolve(), out)
+    out["load_avg"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The shard core on a real redis-server: searches never wait on writes, and one rule per input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from index_service.shard import Shard
+from index_service.store import ShardStore
+from orbithash import InvalidInput, ResourceExhausted
+from orbithash.codes import MAX_ID_BYTES
+from orbithash_local.redis_server import RedisServer
+
+BITS = 64
+VERSION = "v1"
+
+
+def make_shard(url: str, **kw: int) -> Shard:
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    shard = Shard(0, ShardStore(client, 0, BITS, VERSION), BITS, VERSION, max_k=kw.get("max_k", 1000),
+                  max_batch=kw.get("max_batch", 64), registry=CollectorRegistry())
+    shard.open()
+    return shard
+
+
+def codes(rng: np.random.Generator, n: int) -> list[bytes]:
+    return [bytes(row) for row in rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8)]
+
+
+def test_searches_go_on_while_a_write_hangs_in_redis(tmp_path: Path) -> None:
+    """A write stuck in a stopped Redis must not hold up searches (they read the mirror only)."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        shard = make_shard(server.url)
+        rng = np.random.default_rng(0)
+        stored = codes(rng, 20)
+        shard.add([f"a{i}" for i in range(20)], stored, [0] * 20, BITS, VERSION)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        writer = threading.Thread(target=lambda: shard.add(["late"], codes(rng, 1), [1], BITS, VERSION), daemon=True)
+        writer.start()
+        time.sleep(0.3)  # the writer now waits inside the Redis call
+        assert writer.is_alive()
+        answered: list[list] = []
+        searcher = threading.Thread(target=lambda: answered.append(shard.search([stored[3]], 1, None, None, BITS,
+                                                                               VERSION)), daemon=True)
+        searcher.start()
+        searcher.join(5.0)
+        assert answered, "a search waited for a write that hangs in Redis"
+        assert answered[0][0][0].id == "a3" and answered[0][0][0].distance == 0
+        os.kill(server.process.pid, signal.SIGCONT)
+        writer.join(10.0)
+        assert not writer.is_alive()
+        assert shard.get(["late"])[0][0][0] == "late"
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def test_inputs_are_checked_before_any_write(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    shard = make_shard(redis_server.url, max_batch=4)
+    rng = np.random.default_rng(1)
+    good = codes(rng, 2)
+    cases = [
+        (["ok", ""], good, "item 1"),
+        (["ok", "x" * (MAX_ID_BYTES + 1)], good, f"at most {MAX_ID_BYTES}"),
+        (["ok", "b"], [good[0], good[1][:3]], "codes 1: 3 bytes"),
+    ]
+    for ids, batch, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            shard.add(ids, batch, [0, 0], BITS, VERSION)
+    with pytest.raises(ResourceExhausted, match="limit 4"):
+        shard.add([f"i{i}" for i in range(5)], codes(rng, 5), [0] * 5, BITS, VERSION)
+    with pytest.raises(InvalidInput, match="labels"):
+        shard.add(["ok", "b"], good, [0, -2], BITS, VERSION)
+    with pytest.raises(InvalidInput, match=r"k must be in 1\.\.1000"):
+        shard.search(good[:1], 1001, None, None, BITS, VERSION)
+    assert len(shard) == 0 and redis_client.dbsize() == 1  # only the claimed meta hash
