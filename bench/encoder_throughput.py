@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+import encoder_service
 from orbithash.data import load_split
 from orbithash.export.repository import model_path
 from orbithash.images import pixels_batch
@@ -87,9 +88,9 @@ def main() -> int:
         work = Path(tmp)
         triton = TritonServer(REPO, work / "triton")
         services = {
-            "triton": start_service("encoder-triton", "encoder_service",
+            "triton": start_service("encoder-triton", encoder_service,
                                     ["--triton-url", triton.url, "--model-repository", str(REPO)], work / "logs"),
-            "embedded": start_service("encoder-embedded", "encoder_service",
+            "embedded": start_service("encoder-embedded", encoder_service,
                                       ["--model-repository", str(REPO)], work / "logs"),
         }
         try:

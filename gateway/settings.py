@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from orbithash_serving.settings import ServiceSettings
+
+# The index shards' default max_k: a larger k would be refused by every shard.
+MAX_K_LIMIT = 100_000
 
 
 class GatewaySettings(ServiceSettings):
@@ -13,12 +16,23 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="ORBITHASH_GATEWAY_")
 
-    encoder: str = Field("127.0.0.1:50051", description="encoder service host:port")
+    encoder: str = Field("127.0.0.1:50051", min_length=1, description="encoder service host:port")
     shards: str = Field("127.0.0.1:50061", description="comma-separated index shard host:port, in shard order")
-    max_k: int = Field(10_000, description="largest k a search may ask for")
-    timeout_s: float = Field(10.0, description="deadline for each downstream call (capped by the caller's)")
-    ingest_batch: int = Field(16, description="images encoded per encoder call during ingest")
-    startup_timeout_s: float = Field(120.0, description="how long to wait for the encoder at start")
+    max_k: int = Field(10_000, ge=1, le=MAX_K_LIMIT, description="largest k a search may ask for")
+    timeout_s: float = Field(10.0, gt=0, description="deadline for each downstream call (capped by the caller's)")
+    ingest_batch: int = Field(16, ge=1, description="images encoded per encoder call during ingest")
+    startup_timeout_s: float = Field(120.0, gt=0, description="how long to wait for the encoder at start")
+
+    @field_validator("shards")
+    @classmethod
+    def _at_least_one_shard(cls, value: str) -> str:
+        if not _split(value):
+            raise ValueError("the gateway needs at least one index shard address")
+        return value
 
     def shard_addresses(self) -> list[str]:
-        return [a.strip() for a in self.shards.split(",") if a.strip()]
+        return _split(self.shards)
+
+
+def _split(addresses: str) -> list[str]:
+    return [a.strip() for a in addresses.split(",") if a.strip()]

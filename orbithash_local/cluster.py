@@ -12,10 +12,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import encoder_service
+import gateway
+import index_service
 from orbithash.export.onnx_facts import load_facts_from_onnx
 from orbithash.export.repository import model_path
 from orbithash.model_facts import ModelFacts
@@ -58,12 +62,15 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_service(name: str, module: str, args: list[str], log_dir: Path, port: int = 0,
+def start_service(name: str, package: ModuleType, args: list[str], log_dir: Path, port: int = 0,
                   timeout: float = 180.0) -> ServiceProcess:
-    """``python -m module`` on a free (or the given) port, waited on until health says SERVING."""
+    """``python -m <package>`` on a free (or the given) port, waited on until health says SERVING.
+
+    The service is passed as its imported package, so the dependency shows in the imports.
+    """
     port = port or free_port()
     metrics_port = free_port()
-    argv = [sys.executable, "-m", module, "--port", str(port), "--metrics-port", str(metrics_port), *args]
+    argv = [sys.executable, "-m", package.__name__, "--port", str(port), "--metrics-port", str(metrics_port), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env)
     address = f"127.0.0.1:{port}"
@@ -97,8 +104,8 @@ class Cluster:
 
     # -- starting ------------------------------------------------------------------------------
 
-    def _service(self, name: str, module: str, args: list[str], port: int = 0) -> ServiceProcess:
-        return start_service(name, module, args, self.config.work_dir / "logs", port,
+    def _service(self, name: str, package: ModuleType, args: list[str], port: int = 0) -> ServiceProcess:
+        return start_service(name, package, args, self.config.work_dir / "logs", port,
                              self.config.startup_timeout_s)
 
     def start(self) -> None:
@@ -113,10 +120,10 @@ class Cluster:
                                            timeout=cfg.startup_timeout_s)
                 log.info("tritonserver gRPC on %s (metrics :%d)", self.triton.url, self.triton.metrics_port)
                 encoder_args += ["--triton-url", self.triton.url]
-            self.encoder = self._service("encoder", "encoder_service", encoder_args)
+            self.encoder = self._service("encoder", encoder_service, encoder_args)
             for shard in range(cfg.shards):
-                self.shards.append(self._service(f"shard-{shard}", "index_service", self._shard_args(shard)))
-            self.gateway = self._service("gateway", "gateway", [
+                self.shards.append(self._service(f"shard-{shard}", index_service, self._shard_args(shard)))
+            self.gateway = self._service("gateway", gateway, [
                 "--encoder", self.encoder.address, "--shards", ",".join(s.address for s in self.shards),
                 "--max-k", str(cfg.max_k)], port=cfg.gateway_port)
             self._write_state()
@@ -137,7 +144,7 @@ class Cluster:
         else:
             old.process.stop()
         port = int(old.address.rsplit(":", 1)[1])
-        self.shards[shard] = self._service(old.name, "index_service", self._shard_args(shard), port=port)
+        self.shards[shard] = self._service(old.name, index_service, self._shard_args(shard), port=port)
 
     # -- reporting and stopping ----------------------------------------------------------------
 

@@ -57,10 +57,19 @@ def triton_env() -> dict[str, str]:
 
 
 class TritonServer:
+    """tritonserver on free ports of ``host`` (loopback unless told otherwise), serving the repository.
+
+    Repository control is off (``--model-control-mode=none``): every model in the repository is
+    loaded at start and no client can load, unload or replace one. With control on, anyone who
+    reaches the port could unload the served model or load a Python-backend model, that is run
+    code as this user. gRPC, HTTP and metrics bind to ``host`` alone.
+    """
+
     def __init__(self, model_repository: Path, work_dir: Path, model_name: str = "orbithash",
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, host: str = "127.0.0.1") -> None:
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.model_name = model_name
+        self.host = host
         self.work_dir = work_dir
         self.model_repository = model_repository
         backends = prepare_backends(work_dir)
@@ -68,9 +77,10 @@ class TritonServer:
             str(pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={model_repository.resolve()}",
             f"--backend-directory={backends}",
-            f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
-            f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
-            "--model-control-mode=explicit", f"--load-model={model_name}",
+            f"--grpc-address={host}", f"--grpc-port={self.grpc_port}",
+            f"--http-address={host}", f"--http-port={self.http_port}",
+            f"--metrics-address={host}", f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
+            "--model-control-mode=none",
             "--log-verbose=0", "--exit-on-error=true",
         ]
         self._argv = argv
@@ -90,7 +100,7 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
     def _model_ready(self) -> bool:
         import tritonclient.grpc as tgrpc

@@ -38,9 +38,10 @@ class GrpcServer:
 
     def __init__(self, settings: ServiceSettings, service_names: list[str],
                  add_servicers: Callable[[grpc.Server], None], registry: CollectorRegistry,
-                 ready: Callable[[], bool] | None = None) -> None:
+                 ready: Callable[[], bool] | None = None, on_stop: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self._ready = ready
+        self._on_stop = on_stop  # releases what the service holds (channels, pools) after draining
         self.registry = registry
         self._service_names = service_names
         self._stopped = threading.Event()
@@ -101,6 +102,8 @@ class GrpcServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self._server.stop(self.settings.grace_s if grace is None else grace).wait()
+        if self._on_stop is not None:
+            self._on_stop()
         self._metrics_server.shutdown()
         log.info("stopped %s", self.address)
 

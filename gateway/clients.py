@@ -1,0 +1,130 @@
+"""The gRPC side of the gateway's calls: the encoder and the index shards behind the Protocols of
+:mod:`gateway.core`, with deadlines, channel options, and the one mapping from a downstream status
+to a domain error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import grpc
+
+from gateway.convert import encoding_from_pb, hit_from_pb, item_from_pb, item_to_pb, shard_search_request_to_pb
+from gateway.core import DeleteResult, Encoder, Encoding, Hit, ShardQuery, StoredItem, Written
+from orbithash import InvalidInput, Mismatch, NotFound, OrbitHashError, ResourceExhausted, Unavailable
+from orbithash.model_facts import ModelFacts
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.convert import facts_from_info
+from orbithash_serving.server import CHANNEL_OPTIONS
+
+log = logging.getLogger("orbithash.gateway")
+
+# A restarted shard is back in the fan-out within a second, not after gRPC's default 2 min backoff.
+SHARD_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 100),
+                         ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.min_reconnect_backoff_ms", 100)]
+
+# Statuses that say the request itself is wrong: the caller gets the same answer from the gateway.
+# Every other status (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) means the service is down, late
+# or broken, which the core treats as a failed shard.
+_CLIENT_ERRORS: dict[grpc.StatusCode, type[OrbitHashError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: Mismatch,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+}
+
+
+def domain_error(exc: grpc.RpcError, service: str) -> OrbitHashError:
+    """The domain error for a failed call to ``service`` (named in the message when it is down)."""
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or ""
+    kind = _CLIENT_ERRORS.get(code)
+    if kind is not None:
+        return kind(details)
+    return Unavailable(f"{service}: {code.name} {details}".rstrip())
+
+
+@contextmanager
+def _domain_errors(service: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise domain_error(exc, service) from exc
+
+
+class EncoderClient:
+    """The encoder service over one channel."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._name = f"encoder at {address}"
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = rpc.EncoderStub(self._channel)
+
+    def encode(self, images: Sequence[bytes], timeout: float) -> list[Encoding]:
+        with _domain_errors(self._name):
+            reply = self._stub.Encode(pb.EncodeRequest(images=images), timeout=timeout)
+        return [encoding_from_pb(e) for e in reply.encodings]
+
+    def model(self, timeout: float) -> ModelFacts:
+        with _domain_errors(self._name):
+            return facts_from_info(self._stub.Model(pb.ModelRequest(), timeout=timeout))
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class ShardClient:
+    """One index shard over its own channel, which reconnects quickly after the shard restarts."""
+
+    def __init__(self, shard: int, address: str) -> None:
+        self.address = address
+        self._name = f"index shard {shard} at {address}"
+        self._channel = grpc.insecure_channel(address, options=SHARD_CHANNEL_OPTIONS)
+        self._stub = rpc.IndexShardStub(self._channel)
+
+    def search(self, query: ShardQuery, timeout: float) -> list[Hit]:
+        with _domain_errors(self._name):
+            reply = self._stub.Search(shard_search_request_to_pb(query), timeout=timeout)
+        return [hit_from_pb(h) for h in reply.results[0].hits]
+
+    def get(self, ids: Sequence[str], timeout: float) -> list[StoredItem]:
+        with _domain_errors(self._name):
+            reply = self._stub.Get(pb.GetRequest(ids=ids), timeout=timeout)
+        return [item_from_pb(i) for i in reply.items]
+
+    def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written:
+        request = pb.AddRequest(items=[item_to_pb(i) for i in items], bits=bits, model_version=model_version)
+        with _domain_errors(self._name):
+            reply = self._stub.Add(request, timeout=timeout)
+        return Written(reply.added, reply.replaced)
+
+    def delete(self, ids: Sequence[str], timeout: float) -> DeleteResult:
+        with _domain_errors(self._name):
+            reply = self._stub.Delete(pb.DeleteRequest(ids=ids), timeout=timeout)
+        return DeleteResult(reply.deleted, list(reply.missing))
+
+    def count(self, timeout: float) -> int:
+        with _domain_errors(self._name):
+            return self._stub.Stats(pb.StatsRequest(), timeout=timeout).count
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def wait_for_model(encoder: Encoder, timeout_s: float, poll_s: float = 0.5, call_timeout_s: float = 5.0) -> ModelFacts:
+    """The served model's facts, asked of the encoder until it answers or ``timeout_s`` has passed:
+    the gateway starts only once it knows which codes it serves."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return encoder.model(min(call_timeout_s, max(deadline - time.monotonic(), 0.001)))
+        except Unavailable as exc:
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"encoder not ready after {timeout_s:g} s: {exc}") from exc
+            log.info("waiting for the encoder: %s", exc)
+            time.sleep(poll_s)

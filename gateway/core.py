@@ -1,0 +1,385 @@
+"""The gateway's data plane on plain types: validate, encode, place, fan out, merge.
+
+It speaks to the encoder and the index shards only through the :class:`Encoder` and :class:`Shard`
+Protocols, so the same logic runs behind gRPC (``gateway.clients``) and, in unit tests, against
+fakes. Clients report a shard that is down or late as :class:`~orbithash.Unavailable`; any other
+error is the caller's and passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter
+
+from gateway.merge import merge_topk
+from gateway.placement import shard_for
+from orbithash import InvalidInput, NotFound, OrbitHashError, Unavailable
+from orbithash.codes import as_code_array, check_id, check_ids, check_k, rerank_pool, shown
+from orbithash.model_facts import ModelFacts
+
+log = logging.getLogger("orbithash.gateway")
+
+T = TypeVar("T")
+
+# gRPC needs a positive timeout; a call made after the caller's deadline gets this and fails fast.
+_MIN_CALL_S = 0.001
+# A shard whose answer has not arrived this long after its own deadline is counted as failed,
+# even if its client did not give up by itself.
+_LATE_SLACK_S = 0.5
+
+
+# -- what the gateway is asked and answers ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class ByImage:
+    image: bytes
+
+
+@dataclass(frozen=True)
+class ByCode:
+    code: bytes
+
+
+@dataclass(frozen=True)
+class ById:
+    id: str
+
+
+Query = ByImage | ByCode | ById
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    query: Query | None
+    k: int
+    max_distance: int | None = None
+    label: int | None = None
+    rerank: bool = False
+    rerank_candidates: int = 0  # 0: the default pool of orbithash.codes.rerank_pool
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What the encoder says about one image."""
+
+    code: bytes
+    u: tuple[float, ...]
+    probabilities: tuple[float, ...]
+    label: int
+    class_name: str
+
+
+@dataclass(slots=True)  # not frozen: built by the thousand per search, and freezing makes that slower
+class Hit:
+    id: str
+    distance: int
+    label: int
+    shard: int
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    query: Encoding | None  # set when the query was an image
+    model_version: str
+    failed_shards: list[int] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_shards)
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    id: str
+    image: bytes
+    label: int | None = None  # None: store the predicted label
+
+
+@dataclass
+class IngestSummary:
+    ingested: int = 0
+    replaced: int = 0
+    per_shard: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    deleted: int
+    missing: list[str]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    address: str
+    count: int
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Info:
+    model: ModelFacts
+    shards: list[ShardInfo]
+
+    @property
+    def total(self) -> int:
+        return sum(s.count for s in self.shards)
+
+
+# -- what the gateway asks the encoder and the shards ----------------------------------------------
+
+@dataclass(frozen=True)
+class ShardQuery:
+    code: bytes
+    k: int
+    bits: int
+    model_version: str
+    max_distance: int | None = None
+    label: int | None = None
+    u: tuple[float, ...] = ()  # set: re-rank the Hamming candidates by -u·b
+    candidates: int = 0
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    code: bytes
+    label: int
+
+
+@dataclass(frozen=True)
+class Written:
+    added: int
+    replaced: int
+
+
+class Encoder(Protocol):
+    """Images → encodings; ``model`` is asked once, at start (``gateway.clients.wait_for_model``)."""
+
+    def encode(self, images: Sequence[bytes], timeout: float) -> list[Encoding]: ...
+
+    def model(self, timeout: float) -> ModelFacts: ...
+
+
+class Shard(Protocol):
+    """One index shard. Down, late or broken: ``Unavailable``; any other error is the caller's."""
+
+    @property
+    def address(self) -> str: ...
+
+    def search(self, query: ShardQuery, timeout: float) -> list[Hit]: ...
+
+    def get(self, ids: Sequence[str], timeout: float) -> list[StoredItem]: ...
+
+    def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written: ...
+
+    def delete(self, ids: Sequence[str], timeout: float) -> DeleteResult: ...
+
+    def count(self, timeout: float) -> int: ...
+
+
+# -- policy ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Limits:
+    """The gateway's own bounds (from ``GatewaySettings``, which documents and checks them)."""
+
+    max_k: int
+    timeout_s: float  # longest one downstream call may take, whatever the caller allows
+    ingest_batch: int
+
+
+class Budget:
+    """The time one request may still spend: each downstream call gets at most ``per_call_s`` and
+    never more than what is left of the caller's deadline, measured when the call is made."""
+
+    def __init__(self, per_call_s: float, remaining_s: float | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_call = per_call_s
+        self._clock = clock
+        self._deadline = None if remaining_s is None else clock() + remaining_s
+
+    def call_timeout(self) -> float:
+        if self._deadline is None:
+            return self._per_call
+        return max(_MIN_CALL_S, min(self._per_call, self._deadline - self._clock()))
+
+
+class Gateway:
+    """Search, ingest, delete and info over N shards and one encoder.
+
+    ``concurrency`` is how many requests may be served at once (the server's worker threads): the
+    fan-out pool holds a thread for every shard call of each, so no call waits behind another's.
+    """
+
+    def __init__(self, encoder: Encoder, shards: Sequence[Shard], facts: ModelFacts, limits: Limits,
+                 registry: CollectorRegistry | None = None, concurrency: int = 16,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not shards:
+            raise ValueError("the gateway needs at least one shard")
+        self.encoder = encoder
+        self.shards = list(shards)
+        self.facts = facts
+        self.limits = limits
+        self._clock = clock
+        self._pool = futures.ThreadPoolExecutor(max_workers=concurrency * len(self.shards),
+                                                thread_name_prefix="fan-out")
+        registry = registry if registry is not None else CollectorRegistry()
+        self._partial = Counter("orbithash_gateway_partial_results", "Searches answered without some shard.",
+                                registry=registry)
+        self._ingested = Counter("orbithash_gateway_ingested_items", "Items ingested.", registry=registry)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _budget(self, remaining: float | None) -> Budget:
+        return Budget(self.limits.timeout_s, remaining, self._clock)
+
+    def _shard_of(self, item_id: str) -> int:
+        return shard_for(item_id, len(self.shards))
+
+    def _fan_out(self, calls: dict[int, Callable[[float], T]], budget: Budget
+                 ) -> tuple[dict[int, T], dict[int, Exception]]:
+        """Run one call per shard concurrently, each given what is left of the budget now; answers and
+        errors by shard. A call still running after its timeout counts as an Unavailable shard."""
+        timeout = budget.call_timeout()
+        running = {shard: self._pool.submit(call, timeout) for shard, call in calls.items()}
+        futures.wait(running.values(), timeout=timeout + _LATE_SLACK_S)
+        answers: dict[int, T] = {}
+        errors: dict[int, Exception] = {}
+        for shard, future in running.items():
+            if not future.done():
+                future.cancel()
+                errors[shard] = Unavailable(f"index shard {shard} at {self.shards[shard].address}: "
+                                            f"no answer within {timeout:.3g} s")
+            elif (exc := future.exception()) is not None:
+                if not isinstance(exc, Exception):
+                    raise exc
+                errors[shard] = exc
+            else:
+                answers[shard] = future.result()
+        return answers, errors
+
+    # -- search ------------------------------------------------------------------------------------
+
+    def search(self, request: SearchRequest, remaining: float | None) -> SearchResult:
+        k = check_k(request.k, self.limits.max_k)
+        query = request.query
+        if query is None:
+            raise InvalidInput("set one of image, code or id")
+        if request.rerank and not isinstance(query, ByImage):
+            raise InvalidInput("rerank needs an image query: it uses the query's real-valued u")
+        budget = self._budget(remaining)
+        code, encoding = self._resolve(query, budget)
+        shard_query = ShardQuery(code=code, k=k, bits=self.facts.bits, model_version=self.facts.version,
+                                 max_distance=request.max_distance, label=request.label)
+        if request.rerank and encoding is not None:  # refused above for a query without an image
+            shard_query = replace(shard_query, u=encoding.u,
+                                  candidates=rerank_pool(k, request.rerank_candidates, self.limits.max_k))
+        answers, errors = self._fan_out(
+            {shard: partial(s.search, shard_query) for shard, s in enumerate(self.shards)}, budget)
+        failed: list[int] = []
+        for shard in sorted(errors):
+            exc = errors[shard]
+            if not isinstance(exc, Unavailable):
+                raise exc  # the request is wrong: every shard would say so
+            log.warning("shard %d failed: %s", shard, exc)
+            failed.append(shard)
+        if len(failed) == len(self.shards):
+            raise Unavailable("every index shard failed; no results")
+        if failed:
+            self._partial.inc()
+        per_shard = [answers[shard] for shard in sorted(answers)]
+        return SearchResult(merge_topk(per_shard, k, by_score=request.rerank), encoding, self.facts.version,
+                            failed)
+
+    def _resolve(self, query: Query, budget: Budget) -> tuple[bytes, Encoding | None]:
+        """The query's code, and its encoding when it was an image."""
+        if isinstance(query, ByImage):
+            encoding = self.encoder.encode([query.image], budget.call_timeout())[0]
+            return encoding.code, encoding
+        if isinstance(query, ByCode):
+            as_code_array([query.code], self.facts.bits, "code")
+            return query.code, None
+        check_id(query.id, "searched for")
+        found = self.shards[self._shard_of(query.id)].get([query.id], budget.call_timeout())
+        if not found:
+            raise NotFound(f"no item with id {shown(query.id)}")
+        return found[0].code, None
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def ingest(self, items: Iterable[IngestItem], remaining: float | None) -> IngestSummary:
+        """Items are encoded and stored in batches as they arrive; a refused item stops the stream,
+        and everything before its batch stays stored."""
+        budget = self._budget(remaining)
+        summary = IngestSummary(per_shard=[0] * len(self.shards))
+        batch: list[IngestItem] = []
+        for position, item in enumerate(items):
+            check_id(item.id, position)
+            batch.append(item)
+            if len(batch) >= self.limits.ingest_batch:
+                self._ingest_batch(batch, summary, budget)
+                batch = []
+        if batch:
+            self._ingest_batch(batch, summary, budget)
+        return summary
+
+    def _ingest_batch(self, batch: list[IngestItem], summary: IngestSummary, budget: Budget) -> None:
+        try:
+            encodings = self.encoder.encode([i.image for i in batch], budget.call_timeout())
+        except InvalidInput as exc:
+            raise InvalidInput(f"after {summary.ingested} stored items, in the batch starting at id "
+                               f"{shown(batch[0].id)}: {exc}") from exc
+        groups: dict[int, list[StoredItem]] = {}
+        for item, enc in zip(batch, encodings, strict=True):
+            label = enc.label if item.label is None else item.label
+            groups.setdefault(self._shard_of(item.id), []).append(StoredItem(item.id, enc.code, label))
+        bits, version = self.facts.bits, self.facts.version
+        answers, errors = self._fan_out(
+            {shard: partial(self.shards[shard].add, group, bits, version) for shard, group in groups.items()},
+            budget)
+        for shard in sorted(answers):
+            written = answers[shard]
+            summary.ingested += written.added
+            summary.replaced += written.replaced
+            summary.per_shard[shard] += written.added
+            self._ingested.inc(written.added)
+        if errors:
+            raise errors[min(errors)]
+
+    def delete(self, ids: Sequence[str], remaining: float | None) -> DeleteResult:
+        if not ids:
+            raise InvalidInput("no ids given")
+        check_ids(ids)
+        groups: dict[int, list[str]] = {}
+        for item_id in ids:
+            groups.setdefault(self._shard_of(item_id), []).append(item_id)
+        answers, errors = self._fan_out(
+            {shard: partial(self.shards[shard].delete, group) for shard, group in groups.items()},
+            self._budget(remaining))
+        if errors:
+            raise errors[min(errors)]
+        done = [answers[shard] for shard in groups]
+        return DeleteResult(sum(d.deleted for d in done), [i for d in done for i in d.missing])
+
+    # -- info --------------------------------------------------------------------------------------
+
+    def info(self, remaining: float | None) -> Info:
+        """The model and every shard's item count; a shard that cannot answer is listed as unhealthy."""
+        answers, errors = self._fan_out({shard: s.count for shard, s in enumerate(self.shards)},
+                                        self._budget(remaining))
+        for exc in errors.values():
+            if not isinstance(exc, OrbitHashError):
+                raise exc
+        return Info(self.facts, [ShardInfo(shard, s.address, answers.get(shard, 0), shard in answers)
+                                 for shard, s in enumerate(self.shards)])
