@@ -26,6 +26,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 
+# Health of this name answers "is the process responsive" (Kubernetes liveness): SERVING from start
+# to shutdown, whatever the dependencies do. The empty name and the service names answer "send me
+# traffic" (readiness) and follow the dependency (Triton, Redis). A liveness probe that read
+# readiness would restart every pod during a dependency outage.
+LIVENESS_SERVICE = "liveness"
+
 log = logging.getLogger("orbithash.server")
 
 
@@ -69,6 +75,7 @@ class GrpcServer:
 
     def start(self) -> None:
         self._server.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._set_health(True)
         if self._ready is not None:
             threading.Thread(target=self._watch_readiness, name="readiness", daemon=True).start()

@@ -12,7 +12,8 @@ the caller orders them by (distance, id)).
 Tables are immutable once built. Writes after a build are not folded in: the mirror logs the
 slots it wrote ("dirty" slots) and a probe verifies them directly, while stale table entries
 are harmless because every candidate is verified against the live code, flag and label. The
-mirror rebuilds the tables (lazily, off the search path) when the dirty log grows.
+planner (``orbithash.index.planner``) rebuilds the tables, off the search path, when the dirty
+log grows.
 
 A probe gives up (returns ``ok = False``) once its work - buckets probed plus candidates verified
 - passes a budget, so a query that MIH serves badly (a large k on uniform codes, a rare label)
@@ -21,14 +22,18 @@ costs at most about one extra scan before the caller scans instead.
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from orbithash.index.hamming import _concat, _popcount, _tighten
+from orbithash.index.kernels import concat, popcount, tighten
+from orbithash.index.pool import run_split
+from orbithash.index.view import Candidates, SlotView, TopK
 
 MAX_WIDTH = 22  # 2^22 + 1 int32 offsets = 16 MiB per table: the cap on table size per substring
 # Codes of at most this many uint64 words are also copied into the tables next to their slots:
@@ -136,7 +141,7 @@ def build_tables(codes: np.ndarray, live: np.ndarray, end: int, bits: int) -> Ta
 def _distance(codes, words, s, q):
     d = np.uint64(0)
     for w in range(words):
-        d += _popcount(codes[words * s + w] ^ q[w])
+        d += popcount(codes[words * s + w] ^ q[w])
     return np.int32(d)
 
 
@@ -144,7 +149,7 @@ def _distance(codes, words, s, q):
 def _push(cand_slots, cand_dist, n, s, d, k, threshold, bits):
     """Append a candidate; a full buffer is first cut to the k-th smallest, then grown if ties fill it."""
     if n == cand_slots.shape[0]:
-        n, threshold = _tighten(cand_slots, cand_dist, n, k, threshold, bits)
+        n, threshold = tighten(cand_slots, cand_dist, n, k, threshold, bits)
         if n > cand_slots.shape[0] // 2:
             grown_slots = np.empty(2 * cand_slots.shape[0], np.int64)
             grown_slots[:n] = cand_slots[:n]
@@ -221,7 +226,7 @@ def _probe(codes, codes_u8, words, q, q_u8, live, labels, label, use_label, k, t
                 low = mask & -mask  # Gosper's hack: the next mask with the same popcount
                 ripple = mask + low
                 mask = (((ripple ^ mask) >> 2) // low) | ripple
-        n, threshold = _tighten(cand_slots, cand_dist, n, k, threshold, bits)
+        n, threshold = tighten(cand_slots, cand_dist, n, k, threshold, bits)
         if threshold < m * (r + 1):  # pigeonhole: every item at distance <= threshold was seen
             break
     return cand_slots[:n].copy(), cand_dist[:n].copy(), True
@@ -246,6 +251,49 @@ def probe_many(codes, codes_u8, words, queries, queries_u8, live, labels, label,
         ok[r] = good
         parts_slots.append(s)
         parts_dist.append(d)
-    bounds, all_slots, all_dist = _concat(parts_slots, parts_dist)
+    bounds, all_slots, all_dist = concat(parts_slots, parts_dist)
     return bounds, all_slots, all_dist, ok, stamp
 
+
+_scratch = threading.local()
+
+
+def _stamps(end: int) -> tuple[np.ndarray, int]:
+    """This thread's per-slot "already verified" marks for MIH probes (one byte per slot).
+
+    One array per thread, shared by every index the thread searches: the stamp only grows
+    (and the marks are wiped when it wraps), so marks of earlier queries never look current.
+    """
+    stamps = getattr(_scratch, "stamps", None)
+    if stamps is None or stamps.shape[0] < end:
+        _scratch.stamps = stamps = np.zeros(max(end, 2 * (0 if stamps is None else stamps.shape[0])), np.uint8)
+        _scratch.stamp = 0
+    return stamps, _scratch.stamp
+
+
+def probe(tables: Tables, view: SlotView, queries: np.ndarray, top: TopK, dirty: np.ndarray, budget: int,
+          threads: int) -> list[Candidates | None]:
+    """Each query's candidates through the tables, or None where its probe passed ``budget``.
+
+    ``queries`` are (n, words) uint64 and ``dirty`` the slots written since ``tables`` were built.
+    Batches of four or more queries are split by query over up to ``threads`` threads.
+    """
+    codes, codes_u8 = view.codes.reshape(-1), view.codes.view(np.uint8)
+    rest = (view.live, view.labels, *top.filter_args(), view.bits, tables.starts, tables.widths,
+            tables.off_base, tables.offsets, tables.slots, tables.copies, tables.n, dirty)
+    queries_u8 = queries.view(np.uint8)
+    nq = queries.shape[0]
+    threads = min(threads, nq) if nq >= 4 else 1
+    cuts = [nq * i // threads for i in range(threads + 1)]
+
+    def part(a: int, b: int) -> tuple[np.ndarray, ...]:
+        stamps, stamp = _stamps(view.end)
+        out = probe_many(codes, codes_u8, view.words, queries[a:b], queries_u8[a:b], *rest, stamps, stamp, budget)
+        _scratch.stamp = out[4]
+        return out
+
+    found: list[Candidates | None] = []
+    for bounds, slots, dist, ok, _ in run_split(part, list(itertools.pairwise(cuts))):
+        for r, (a, b) in enumerate(itertools.pairwise(bounds.tolist())):
+            found.append((slots[a:b], dist[a:b]) if ok[r] else None)
+    return found

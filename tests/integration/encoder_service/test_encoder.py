@@ -17,6 +17,7 @@ from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_local.cluster import start_service
 from orbithash_local.triton import TritonServer
+from orbithash_serving.server import LIVENESS_SERVICE
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,12 @@ def test_bad_requests_get_their_status(encoder: rpc.EncoderStub, ucm_subset: Spl
     assert needle in err.value.details()
 
 
+def health(address: str, service: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                         timeout=5).status
+
+
 def wait_for_health(address: str, status: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
@@ -94,6 +101,9 @@ def test_triton_outage_is_unavailable_and_the_encoder_recovers(encoder: rpc.Enco
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "Triton" in err.value.details()
     wait_for_health(encoder_address, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # Not ready, yet alive: Kubernetes stops sending traffic but must not restart the process.
+    assert health(encoder_address, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health(encoder_address, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
     triton.restart()
     wait_for_health(encoder_address, health_pb2.HealthCheckResponse.SERVING)
     deadline = time.monotonic() + 20

@@ -217,6 +217,22 @@ def test_probes_and_scrape_annotations_use_container_ports() -> None:
             assert int(annotations["prometheus.io/port"]) == ports["metrics"], doc["metadata"]["name"]
 
 
+def test_liveness_is_not_readiness() -> None:
+    """A dependency outage takes pods out of rotation (readiness) but never restarts them (liveness)."""
+    from orbithash_serving.server import LIVENESS_SERVICE
+
+    checked = 0
+    for doc in base_docs():
+        if doc["kind"] not in WORKLOADS:
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if "grpc" in c.get("livenessProbe", {}):
+                assert c["livenessProbe"]["grpc"].get("service") == LIVENESS_SERVICE, c["name"]
+                assert c["readinessProbe"]["grpc"].get("service", "") != LIVENESS_SERVICE, c["name"]
+                checked += 1
+    assert checked == 3  # encoder, index shard, gateway
+
+
 def resolve(address: str) -> tuple[str, int]:
     """The (Service name, port) a host:port in the cluster reaches; fails when nothing answers there."""
     host, port = address.rsplit(":", 1)

@@ -1,33 +1,22 @@
-"""HammingIndex against a brute-force numpy reference (unpackbits), on random and clustered codes."""
+"""HammingIndex (through the linear scan) against a brute-force numpy reference (unpackbits),
+on random and clustered codes."""
 
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
-from support.codes import clustered_codes, random_codes, reference, shuffled_ids
+from support.codes import Items, clustered_codes, filled_index, random_codes, reference, shuffled_ids
 
 from orbithash import InvalidInput
-from orbithash.index import hamming
-from orbithash.index.hamming import HammingIndex
+from orbithash.index import HammingIndex, scan, warm_up
 
 BITS = [8, 12, 24, 48, 64, 100, 256]
 
 
-def fill(bits: int, n: int, kind: str, seed: int = 0, **kw: int
-         ) -> tuple[HammingIndex, dict[str, tuple[np.ndarray, int]], np.random.Generator]:
-    rng = np.random.default_rng(seed)
-    make = random_codes if kind == "random" else clustered_codes
-    codes = make(rng, n, bits)
-    ids = shuffled_ids(rng, n)
-    labels = rng.integers(-1, 3, n).astype(np.int32)
-    index = HammingIndex(bits, capacity=kw.get("capacity", 16), threads=kw.get("threads"))
-    slots = rng.permutation(n + 10)[:n]  # sparse, unordered slots as a store after deletes
-    index.put(slots, ids, codes, labels)
-    items = {i: (c, int(lab)) for i, c, lab in zip(ids, codes, labels, strict=True)}
-    return index, items, rng
+def fill(bits: int, n: int, kind: str, seed: int = 0) -> tuple[HammingIndex, Items, np.random.Generator]:
+    return filled_index(bits, n, kind, seed, capacity=16)
 
 
 @pytest.mark.parametrize("kind", ["random", "clustered"])
@@ -142,7 +131,7 @@ def test_empty_index_and_empty_batch() -> None:
 @pytest.mark.parametrize("bits", [64, 100])
 def test_large_shard_batches_and_split_scans(bits: int, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Enough slots for many threshold updates, buffer growth, block tails and thread splits."""
-    monkeypatch.setattr(hamming, "_SPLIT_WORDS", 1)  # force the slot-range split for one query
+    monkeypatch.setattr(scan, "_SPLIT_WORDS", 1)  # force the slot-range split for one query
     rng = np.random.default_rng(bits + threads)
     n = 120_003
     codes = np.concatenate([random_codes(rng, n - 3000, bits), clustered_codes(rng, 3000, bits)])
@@ -197,8 +186,21 @@ def test_bad_input_is_refused() -> None:
         index.search(good, 1, max_distance=-1)
     with pytest.raises(InvalidInput):
         index.put(np.array([0, 1]), ["a"], np.zeros((2, 2), np.uint8), np.zeros(2))
-    with pytest.raises(InvalidInput):
-        index.put(np.array([-1]), ["a"], good, np.zeros(1))
+    with pytest.raises(InvalidInput, match="slots"):
+        index.put(np.array([-1]), ["a"], good, np.zeros(1, np.int32))
+    # The rules of orbithash.codes hold here too: labels, ids, k.
+    with pytest.raises(InvalidInput, match="labels"):
+        index.put(np.array([0]), ["a"], good, np.array([-2]))
+    with pytest.raises(InvalidInput, match="labels"):
+        index.put(np.array([0]), ["a"], good, np.zeros(1))
+    with pytest.raises(InvalidInput, match="id"):
+        index.put(np.array([0]), [""], good, np.zeros(1, np.int32))
+    with pytest.raises(InvalidInput, match="id"):
+        index.put(np.array([0]), ["x" * 300], good, np.zeros(1, np.int32))
+    with pytest.raises(InvalidInput, match="k must"):
+        index.search(good, True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="strategy"):
+        index.search(good, 1, strategy="fast")  # type: ignore[arg-type]
     assert len(index) == 0
 
 
@@ -238,42 +240,8 @@ def test_searches_run_while_writes_go_on() -> None:
 
 
 def test_warm_up_compiles_the_kernel() -> None:
-    hamming.warm_up()
-    assert hamming._scan_many.signatures  # compiled (or loaded from the numba cache)
-
-
-def test_waiting_writer_holds_back_new_readers() -> None:
-    """Searches never starve a put: once a writer waits, later readers queue behind it."""
-    lock = hamming._ReadWriteLock()
-    order: list[str] = []
-    inside, release = threading.Event(), threading.Event()
-
-    def first_reader() -> None:
-        with lock.read():
-            inside.set()
-            release.wait(5)
-            order.append("r1")
-
-    def writer() -> None:
-        with lock.write():
-            order.append("w")
-
-    def late_reader() -> None:
-        with lock.read():
-            order.append("r2")
-
-    threads = [threading.Thread(target=first_reader)]
-    threads[0].start()
-    assert inside.wait(5)
-    for target in (writer, late_reader):
-        threads.append(threading.Thread(target=target))
-        threads[-1].start()
-        time.sleep(0.1)
-    assert order == []  # the writer waits for r1; r2 waits for the writer
-    release.set()
-    for t in threads:
-        t.join(5)
-    assert order == ["r1", "w", "r2"]
+    warm_up()
+    assert scan._scan_many.signatures  # compiled (or loaded from the numba cache)
 
 
 @pytest.mark.parametrize("strategy", ["scan", "mih"])
@@ -370,27 +338,3 @@ def test_concurrent_adds_and_searches_stay_consistent(strategy: str) -> None:
     assert checked[0] > 20
     final = index.search(queries, 60, strategy="scan")
     assert index.search(queries, 60, strategy="mih") == final
-
-
-def test_rerank_asymmetric_orders_by_u_dot_b_then_id() -> None:
-    bits = 12
-    u = np.array([0.9, -0.1, 0.5, -2.0, 0.0, 0.3, 0.3, -0.3, 1.0, -1.0, 0.2, 0.1])
-    rng = np.random.default_rng(4)
-    signs = rng.integers(0, 2, (30, bits), dtype=np.uint8)
-    signs[5] = signs[6]  # equal codes: the id decides
-    ids = [f"c{v:02d}" for v in rng.permutation(30)]
-    codes = np.packbits(signs, axis=1)
-    order = hamming.rerank_asymmetric(u, codes, bits, ids)
-    score = -(signs.astype(float) * 2 - 1) @ u
-    assert order == sorted(range(30), key=lambda i: (score[i], ids[i]))
-    assert sorted(order) == list(range(30))
-    assert order.index(5) < order.index(6) if ids[5] < ids[6] else order.index(6) < order.index(5)
-    best = np.packbits((u > 0).astype(np.uint8))[None]  # sign(u) itself scores best of all codes
-    assert hamming.rerank_asymmetric(u, np.concatenate([codes, best]), bits, [*ids, "zz"])[0] == 30
-    assert hamming.rerank_asymmetric(u, codes[:0], bits, []) == []
-    with pytest.raises(InvalidInput):
-        hamming.rerank_asymmetric(u[:5], codes, bits, ids)
-    with pytest.raises(InvalidInput):
-        hamming.rerank_asymmetric(u, codes[:, :1], bits, ids)
-    with pytest.raises(InvalidInput):
-        hamming.rerank_asymmetric(u, codes, bits, ids[:3])
