@@ -161,10 +161,10 @@ def rpc_section(n: int, out: dict) -> None:
     """A real redis-server (appendfsync always) and ``python -m index_service`` over loopback."""
     import grpc
 
+    import index_service
     from orbithash_api.v1 import orbithash_pb2 as pb
     from orbithash_api.v1 import orbithash_pb2_grpc as rpc
-    from orbithash_local.cluster import grpc_serving
-    from orbithash_local.processes import ManagedProcess, free_port
+    from orbithash_local.cluster import start_service
     from orbithash_local.redis_server import RedisServer
 
     bits, version = 64, "bench"
@@ -174,14 +174,9 @@ def rpc_section(n: int, out: dict) -> None:
         redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
         shard = None
         try:
-            port = free_port()
-            argv = [sys.executable, "-m", "index_service", "--port", str(port), "--metrics-port", str(free_port()),
-                    "--redis-url", redis_server.url, "--bits", str(bits), "--model-version", version]
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
-            shard = ManagedProcess("shard", argv, Path(tmp) / "shard.log", env=env,
-                                   cwd=Path(__file__).resolve().parents[1])
-            address = f"127.0.0.1:{port}"
-            shard.wait_ready(lambda: grpc_serving(address), 120)
+            args = ["--redis-url", redis_server.url, "--bits", str(bits), "--model-version", version]
+            service = start_service("shard", index_service, args, Path(tmp), timeout=120)
+            shard, address = service.process, service.address
             client = redis_server.client()
             redis_before, rss_before = int(client.info("memory")["used_memory"]), rss_bytes(shard.pid)
             requests = [pb.AddRequest(items=[pb.Item(id=f"item-{i}", code=codes[i].tobytes(), label=i % 21)
@@ -228,9 +223,8 @@ def rpc_section(n: int, out: dict) -> None:
             redis_server.stop()
             redis_server = RedisServer(Path(tmp) / "redis", port=redis_server.port, appendfsync="always")
             t = time.perf_counter()
-            shard = ManagedProcess("shard", argv, Path(tmp) / "shard.log", env=env,
-                                   cwd=Path(__file__).resolve().parents[1])
-            shard.wait_ready(lambda: grpc_serving(address), 300)
+            shard = start_service("shard", index_service, args, Path(tmp), port=int(address.rsplit(":", 1)[1]),
+                                  timeout=300).process
             out["reload_s"] = round(time.perf_counter() - t, 2)
             with grpc.insecure_channel(address) as channel:
                 stub = rpc.IndexShardStub(channel)

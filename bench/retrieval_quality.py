@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orbithash.data import Split, default_data_dir, load_split, sample_protocol
 from orbithash.evaluation.evaluate import format_table, sweep, write_report
-from orbithash.training.config import load_config
-from orbithash.training.finetune import HeadConfig, backbone_facts, cached_features, default_cache_dir, train
+from orbithash.training.cache import default_cache_dir
+from orbithash.training.config import HeadConfig, load_config
+from orbithash.training.features import backbone_facts, cached_features
+from orbithash.training.finetune import train
 from orbithash.training.scratch import train_scratch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -25,10 +24,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+import index_service
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
-from orbithash_local.cluster import grpc_serving
-from orbithash_local.processes import ManagedProcess, free_port
+from orbithash_local.cluster import start_service
 from orbithash_local.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,13 +76,9 @@ def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
         redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
         shard = None
         try:
-            port = free_port()
-            argv = [sys.executable, "-m", "index_service", "--port", str(port), "--metrics-port", str(free_port()),
-                    "--redis-url", redis_server.url, "--bits", str(BITS), "--model-version", VERSION]
-            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(checkout))
-            shard = ManagedProcess("shard", argv, Path(tmp) / "shard.log", env=env, cwd=checkout)
-            address = f"127.0.0.1:{port}"
-            shard.wait_ready(lambda: grpc_serving(address), 120)
+            shard = start_service("shard", index_service, ["--redis-url", redis_server.url, "--bits", str(BITS),
+                                                           "--model-version", VERSION], Path(tmp), checkout=checkout)
+            address = shard.address
             with grpc.insecure_channel(address) as channel:
                 fill(rpc.IndexShardStub(channel), n, rng)
             queries = [pb.ShardSearchRequest(codes=[q.tobytes()], k=K, bits=BITS, model_version=VERSION)
@@ -92,7 +87,7 @@ def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
             qps = {c: run_load(address, c, seconds, queries) for c in (1, 2, 4)}
         finally:
             if shard is not None:
-                shard.stop()
+                shard.process.stop()
             redis_server.stop()
     label = f"{n // 1000}k"
     for c, value in qps.items():

@@ -127,7 +127,3 @@ def pixels_batch(images: list[bytes], facts: ModelFacts) -> np.ndarray:
             raise InvalidInput(f"image {i}: {exc}") from exc
     return out
 
-
-def preprocess_batch(images: list[bytes], facts: ModelFacts) -> np.ndarray:
-    """Decode, resize and normalise a batch (N×3×S×S float32)."""
-    return normalise(pixels_batch(images, facts), facts)

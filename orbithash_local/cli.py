@@ -84,7 +84,8 @@ def _train(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or (DEFAULT_CHECKPOINTS / f"{config.model_name}-{config.backbone}-{config.method}-"
                                      f"{config.bits}b-{config.protocol}-seed{config.seed}.pt")
     split = config.load_split()
-    from orbithash.training.finetune import export_trained, train
+    from orbithash.training.finetune import train
+    from orbithash.training.result import export_trained
 
     if config.from_scratch:
         from orbithash.training.scratch import train_scratch
@@ -123,7 +124,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.exported:
         return _evaluate_exported(args)
     from orbithash.evaluation.evaluate import format_table, sweep, write_report
-    from orbithash.training.finetune import backbone_facts, cached_features
+    from orbithash.training.features import backbone_facts, cached_features
 
     config = _run_config(args)
     split = config.load_split()

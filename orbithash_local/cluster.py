@@ -63,16 +63,17 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
 
 
 def start_service(name: str, package: ModuleType, args: list[str], log_dir: Path, port: int = 0,
-                  timeout: float = 180.0) -> ServiceProcess:
+                  timeout: float = 180.0, checkout: Path | None = None) -> ServiceProcess:
     """``python -m <package>`` on a free (or the given) port, waited on until health says SERVING.
 
     The service is passed as its imported package, so the dependency shows in the imports.
+    ``checkout``: run the service from another checkout of this repository (a before/after bench).
     """
     port = port or free_port()
     metrics_port = free_port()
     argv = [sys.executable, "-m", package.__name__, "--port", str(port), "--metrics-port", str(metrics_port), *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"PYTHONPATH": str(checkout)} if checkout else {}))
+    process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env, cwd=checkout)
     address = f"127.0.0.1:{port}"
     process.wait_ready(lambda: grpc_serving(address), timeout)
     log.info("%s SERVING on %s (metrics :%d)", name, address, metrics_port)

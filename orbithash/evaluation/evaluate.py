@@ -34,7 +34,9 @@ from orbithash.evaluation.metrics import (
     tie_aware_average_precisions,
 )
 from orbithash.losses import LOSSES, make_loss
-from orbithash.training.finetune import Features, HeadConfig, fit_head
+from orbithash.training.config import HeadConfig
+from orbithash.training.features import Features
+from orbithash.training.finetune import fit_head
 
 log = logging.getLogger(__name__)
 

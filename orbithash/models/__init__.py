@@ -13,11 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
 import torch
 from torch import nn
 
-from orbithash.evaluation.baselines import LinearHash, fit_lsh
 from orbithash.models.alexnet_spp import AlexNetSPP, PowerMeanTransform, SpatialPyramidPool
 from orbithash.models.dsh_net import DSHNet
 from orbithash.models.vgg_f import VGGF
@@ -165,18 +163,6 @@ class HashNet(nn.Module):
         return self.head(self.backbone(images))
 
 
-def lsh_codes(features: np.ndarray, bits: int, *, seed: int = 0, mean: np.ndarray | None = None) -> np.ndarray:
-    """LSH baseline: packed signs of Gaussian random projections of centred features.
-
-    ``mean`` defaults to the features' own mean; pass the database mean when coding queries.
-    Kept for its callers; ``orbithash.evaluation.baselines.fit_lsh`` is the fitted form.
-    """
-    x = np.asarray(features, np.float64)
-    lsh = fit_lsh(x, bits, seed=seed)
-    centre = lsh.centre if mean is None else np.asarray(mean, np.float64)
-    return LinearHash(centre, lsh.projection).encode(x)
-
-
 __all__ = [
     "BACKBONE_INPUT_SIZE",
     "BACKBONE_MEAN",
@@ -193,5 +179,4 @@ __all__ = [
     "SpatialPyramidPool",
     "Tail",
     "Trunk",
-    "lsh_codes",
 ]

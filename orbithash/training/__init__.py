@@ -1,2 +1,7 @@
-"""Training hashing networks: configs, the fine-tuning trainer on cached activations, the
-from-scratch trainer for the papers' networks."""
+"""Training hashing networks.
+
+``config`` (torch-free: what a run is), ``loop`` (the one training loop) with ``checkpoint``,
+``features`` + ``cache`` (what is derived from images once), and the trainers that supply what
+differs: ``finetune`` (the pretrained backbone on cached activations) and ``scratch`` (the
+papers' networks on decoded pixels); ``result`` scores and exports what they return.
+"""

@@ -35,7 +35,8 @@ def triton(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_every_triton_port_listens_on_loopback_only(triton: TritonServer) -> None:
     for port in (triton.grpc_port, triton.http_port, triton.metrics_port):
-        assert listening_addresses(port) and listening_addresses(port) <= LOOPBACK, f"port {port} listens on {listening_addresses(port)}"
+        found = listening_addresses(port)
+        assert found and found <= LOOPBACK, f"port {port} listens on {found}"
 
 
 def test_clients_cannot_unload_or_load_models(triton: TritonServer) -> None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from orbithash.evaluation.evaluate import evaluate_codes, sweep, write_report
-from orbithash.training.finetune import Features, HeadConfig
+from orbithash.training.config import HeadConfig
+from orbithash.training.features import Features
 
 DB_CODES = np.array([[0b00000000], [0b00000011], [0b00000001], [0b10000000]], np.uint8)
 DB_LABELS = np.array([1, 1, 0, 1])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from orbithash.models import Backbone, FineTunedBackbone, HashNet
-from orbithash.training.finetune import HeadConfig, encode_pooled, fit_tail
+from orbithash.training.config import HeadConfig
+from orbithash.training.finetune import encode_pooled, fit_tail
 
 
 @pytest.fixture(scope="module")
