@@ -213,3 +213,15 @@ def test_delete_removes(gateway: rpc.GatewayStub, ingested: dict[str, bytes]) ->
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     # keep the fixture equal to what the cluster holds
     ingested.pop(victim)
+
+
+def test_a_refused_delete_deletes_nothing(gateway: rpc.GatewayStub, ingested: dict[str, bytes]) -> None:
+    """Every id is checked before any shard is asked to delete: a refused request changed nothing."""
+    kept = sorted(ingested)[4]
+    for bad in ("", "x" * 300):
+        with pytest.raises(grpc.RpcError) as err:
+            gateway.Delete(pb.DeleteRequest(ids=[kept, bad]), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "item 1" in err.value.details() and len(err.value.details()) < 200
+    hits = gateway.Search(pb.SearchRequest(id=kept, k=1), timeout=30).hits
+    assert hits[0].id == kept and hits[0].distance == 0

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import encoder_service
 from orbithash import Unavailable
 from orbithash.data import Split
 from orbithash_api.v1 import orbithash_pb2 as pb
@@ -29,7 +30,7 @@ def triton(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(scope="module")
 def encoder_address(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    service = start_service("encoder", "encoder_service",
+    service = start_service("encoder", encoder_service,
                             ["--triton-url", triton.url, "--max-images", "8", "--max-batch", "4",
                              "--triton-timeout-s", "5"], tmp_path_factory.mktemp("logs"), timeout=60)
     yield service.address
@@ -124,13 +125,13 @@ def test_encoder_refuses_a_model_without_facts(trained_repo: Path, tmp_path: Pat
     del model.metadata_props[:]
     onnx.save(model, str(broken))
     with pytest.raises(Unavailable, match="metadata is incomplete or malformed"):
-        start_service("encoder-broken", "encoder_service", ["--model-repository", str(tmp_path / "repo")],
+        start_service("encoder-broken", encoder_service, ["--model-repository", str(tmp_path / "repo")],
                       tmp_path / "logs", timeout=60)
 
 
 def test_encoder_refuses_to_start_without_triton(tmp_path: Path) -> None:
     with pytest.raises(Unavailable, match=r"unreachable|not ready"):
-        start_service("encoder-orphan", "encoder_service", ["--triton-url", "127.0.0.1:1", "--triton-timeout-s", "2"],
+        start_service("encoder-orphan", encoder_service, ["--triton-url", "127.0.0.1:1", "--triton-timeout-s", "2"],
                       tmp_path / "logs", timeout=60)
 
 
