@@ -83,7 +83,11 @@ def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
                 fill(rpc.IndexShardStub(channel), n, rng)
             queries = [pb.ShardSearchRequest(codes=[q.tobytes()], k=K, bits=BITS, model_version=VERSION)
                        for q in rng.integers(0, 256, (256, BITS // 8), dtype=np.uint8)]
-            run_load(address, 2, 1.0, queries)  # warm-up
+            # Warm-up; a shard of >= MIH_MIN_ITEMS builds its multi-index tables in the background
+            # after its first searches: let that finish so it does not load the first level only.
+            run_load(address, 2, 1.0, queries)
+            time.sleep(3.0 if n >= 250_000 else 0.0)
+            run_load(address, 2, 1.0, queries)
             qps = {c: run_load(address, c, seconds, queries) for c in (1, 2, 4)}
         finally:
             if shard is not None:
@@ -101,8 +105,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one 100k shard, 3 s per concurrency")
     parser.add_argument("--checkout", type=Path, default=REPO, help="repository the shard process runs from")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per concurrency level")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="shard sizes (codes)")
     args = parser.parse_args()
-    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
     seconds = args.seconds or (3.0 if args.quick else 8.0)
     out: dict = {"checkout": str(args.checkout.resolve()), "cpus": os.cpu_count()}
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; shard from {args.checkout}")
