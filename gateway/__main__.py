@@ -19,7 +19,9 @@ def build_gateway(settings: GatewaySettings, registry: CollectorRegistry) -> Gat
     encoder = EncoderClient(settings.encoder)
     shards = [ShardClient(shard, address) for shard, address in enumerate(settings.shard_addresses())]
     facts = wait_for_model(encoder, settings.startup_timeout_s)
-    limits = Limits(max_k=settings.max_k, timeout_s=settings.timeout_s, ingest_batch=settings.ingest_batch)
+    limits = Limits(max_k=settings.max_k, timeout_s=settings.timeout_s, ingest_batch=settings.ingest_batch,
+                    encode_bytes=settings.encode_bytes, max_ingest_items=settings.max_ingest_items,
+                    write_batch=settings.write_batch)
     return Gateway(encoder, shards, facts, limits, registry, concurrency=settings.workers)
 
 

@@ -13,12 +13,13 @@ from contextlib import contextmanager
 import grpc
 
 from gateway.convert import encoding_from_pb, hit_from_pb, item_from_pb, item_to_pb, shard_search_request_to_pb
-from gateway.core import DeleteResult, Encoder, Encoding, Hit, ShardQuery, StoredItem, Written
+from gateway.core import DeleteResult, Encoder, Encoding, Hit, ShardQuery, ShardStats, StoredItem, Written
 from orbithash import InvalidInput, Mismatch, NotFound, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.model_facts import ModelFacts
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_serving.convert import facts_from_info
+from orbithash_serving.deadlines import not_after_metadata
 from orbithash_serving.server import CHANNEL_OPTIONS
 
 log = logging.getLogger("orbithash.gateway")
@@ -100,17 +101,18 @@ class ShardClient:
     def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written:
         request = pb.AddRequest(items=[item_to_pb(i) for i in items], bits=bits, model_version=model_version)
         with _domain_errors(self._name):
-            reply = self._stub.Add(request, timeout=timeout)
+            reply = self._stub.Add(request, timeout=timeout, metadata=not_after_metadata(timeout))
         return Written(reply.added, reply.replaced)
 
     def delete(self, ids: Sequence[str], timeout: float) -> DeleteResult:
         with _domain_errors(self._name):
-            reply = self._stub.Delete(pb.DeleteRequest(ids=ids), timeout=timeout)
+            reply = self._stub.Delete(pb.DeleteRequest(ids=ids), timeout=timeout, metadata=not_after_metadata(timeout))
         return DeleteResult(reply.deleted, list(reply.missing))
 
-    def count(self, timeout: float) -> int:
+    def stats(self, timeout: float) -> ShardStats:
         with _domain_errors(self._name):
-            return self._stub.Stats(pb.StatsRequest(), timeout=timeout).count
+            reply = self._stub.Stats(pb.StatsRequest(), timeout=timeout)
+        return ShardStats(reply.count, reply.ready)
 
     def close(self) -> None:
         self._channel.close()

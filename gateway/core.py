@@ -9,6 +9,7 @@ error is the caller's and passes through unchanged.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.merge import merge_topk
 from gateway.placement import shard_for
-from orbithash import InvalidInput, NotFound, OrbitHashError, Unavailable
+from orbithash import InvalidInput, NotFound, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.codes import as_code_array, check_id, check_ids, check_k, rerank_pool, shown
 from orbithash.model_facts import ModelFacts
 
@@ -33,6 +34,8 @@ _MIN_CALL_S = 0.001
 # A shard whose answer has not arrived this long after its own deadline is counted as failed,
 # even if its client did not give up by itself.
 _LATE_SLACK_S = 0.5
+# Kept back from the caller's deadline for answering: a tenth of it, at most this much.
+_MAX_RESERVE_S = 0.25
 
 
 # -- what the gateway is asked and answers ---------------------------------------------------------
@@ -106,15 +109,35 @@ class IngestItem:
 
 @dataclass
 class IngestSummary:
+    """Exactly what one ingest stored: ``ingested`` items (new and replaced ids), ``per_shard``."""
+
+    received: int = 0
     ingested: int = 0
     replaced: int = 0
     per_shard: list[int] = field(default_factory=list)
+    failed_shards: list[int] = field(default_factory=list)
+
+
+class IngestIncomplete(OrbitHashError):
+    """Some items were stored and others not (a shard failed while writing): ``error`` is what to
+    answer, ``summary`` what was stored."""
+
+    def __init__(self, error: OrbitHashError, summary: IngestSummary) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.summary = summary
 
 
 @dataclass(frozen=True)
 class DeleteResult:
     deleted: int
     missing: list[str]
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    count: int
+    ready: bool  # False while the shard cannot reach its Redis (its health says NOT_SERVING)
 
 
 @dataclass(frozen=True)
@@ -184,7 +207,7 @@ class Shard(Protocol):
 
     def delete(self, ids: Sequence[str], timeout: float) -> DeleteResult: ...
 
-    def count(self, timeout: float) -> int: ...
+    def stats(self, timeout: float) -> ShardStats: ...
 
 
 # -- policy ----------------------------------------------------------------------------------------
@@ -195,23 +218,36 @@ class Limits:
 
     max_k: int
     timeout_s: float  # longest one downstream call may take, whatever the caller allows
-    ingest_batch: int
+    ingest_batch: int  # images per encoder call
+    encode_bytes: int = 64 * 1024 * 1024  # image bytes per encoder call (under the message limit)
+    max_ingest_items: int = 100_000  # items in one ingest stream
+    write_batch: int = 1024  # items per shard write (the shards' max_batch)
 
 
 class Budget:
-    """The time one request may still spend: each downstream call gets at most ``per_call_s`` and
-    never more than what is left of the caller's deadline, measured when the call is made."""
+    """The time one request may still spend downstream.
+
+    Each downstream call gets at most ``per_call_s``, and never more than what is left of the
+    caller's deadline minus a reserve: the time the gateway needs to merge and answer after a
+    late shard's call has timed out. So a stopped shard costs its own hits (a partial answer
+    that arrives in time), not the caller's whole request.
+    """
 
     def __init__(self, per_call_s: float, remaining_s: float | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._per_call = per_call_s
         self._clock = clock
         self._deadline = None if remaining_s is None else clock() + remaining_s
+        self.reserve_s = 0.0 if remaining_s is None else min(_MAX_RESERVE_S, max(_MIN_CALL_S, remaining_s * 0.1))
 
     def call_timeout(self) -> float:
         if self._deadline is None:
             return self._per_call
-        return max(_MIN_CALL_S, min(self._per_call, self._deadline - self._clock()))
+        return max(_MIN_CALL_S, min(self._per_call, self._deadline - self._clock() - self.reserve_s))
+
+    def late_slack(self) -> float:
+        """How long past a call's timeout to wait for a client that does not honour it."""
+        return _LATE_SLACK_S if self._deadline is None else min(_LATE_SLACK_S, self.reserve_s / 2)
 
 
 class Gateway:
@@ -253,7 +289,7 @@ class Gateway:
         errors by shard. A call still running after its timeout counts as an Unavailable shard."""
         timeout = budget.call_timeout()
         running = {shard: self._pool.submit(call, timeout) for shard, call in calls.items()}
-        futures.wait(running.values(), timeout=timeout + _LATE_SLACK_S)
+        futures.wait(running.values(), timeout=timeout + budget.late_slack())
         answers: dict[int, T] = {}
         errors: dict[int, Exception] = {}
         for shard, future in running.items():
@@ -272,10 +308,10 @@ class Gateway:
     # -- search ------------------------------------------------------------------------------------
 
     def search(self, request: SearchRequest, remaining: float | None) -> SearchResult:
-        k = check_k(request.k, self.limits.max_k)
         query = request.query
         if query is None:
-            raise InvalidInput("set one of image, code or id")
+            raise InvalidInput("the request has no query: set one of image, code or id")
+        k = check_k(request.k, self.limits.max_k)
         if request.rerank and not isinstance(query, ByImage):
             raise InvalidInput("rerank needs an image query: it uses the query's real-valued u")
         budget = self._budget(remaining)
@@ -319,43 +355,91 @@ class Gateway:
     # -- writes ------------------------------------------------------------------------------------
 
     def ingest(self, items: Iterable[IngestItem], remaining: float | None) -> IngestSummary:
-        """Items are encoded and stored in batches as they arrive; a refused item stops the stream,
-        and everything before its batch stays stored."""
+        """Store a stream of images: all of it is checked and encoded before the first write.
+
+        Any refused item (id, label, duplicate id, undecodable image) refuses the whole stream
+        and nothing is stored; the error names the item's position in the stream. Writes then go
+        out in rounds of at most ``write_batch`` items per shard, each shard's round atomic. If a
+        shard fails, no further round is sent and :class:`IngestIncomplete` says exactly what
+        was stored. Storing replaces by id, so sending the same stream again is always safe.
+        """
         budget = self._budget(remaining)
-        summary = IngestSummary(per_shard=[0] * len(self.shards))
-        batch: list[IngestItem] = []
+        staged: list[StoredItem] = []
+        position_of: dict[str, int] = {}
+        batch: list[tuple[int, IngestItem]] = []
+        batch_bytes = 0
         for position, item in enumerate(items):
-            check_id(item.id, position)
-            batch.append(item)
-            if len(batch) >= self.limits.ingest_batch:
-                self._ingest_batch(batch, summary, budget)
-                batch = []
+            self._check_item(position, item, position_of)
+            if batch and (len(batch) >= self.limits.ingest_batch
+                          or batch_bytes + len(item.image) > self.limits.encode_bytes):
+                staged += self._encode(batch, budget)
+                batch, batch_bytes = [], 0
+            batch.append((position, item))
+            batch_bytes += len(item.image)
         if batch:
-            self._ingest_batch(batch, summary, budget)
+            staged += self._encode(batch, budget)
+        if not staged:
+            raise InvalidInput("the ingest stream held no items")
+        return self._write(staged, budget)
+
+    def _check_item(self, position: int, item: IngestItem, position_of: dict[str, int]) -> None:
+        if position >= self.limits.max_ingest_items:
+            raise ResourceExhausted(f"the stream has more than {self.limits.max_ingest_items} items; "
+                                    "send it as several streams (nothing was stored)")
+        try:
+            check_id(item.id, position)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{exc}; nothing was stored") from exc
+        earlier = position_of.setdefault(item.id, position)
+        if earlier != position:
+            raise InvalidInput(f"item {position}: id {shown(item.id)} was already given as item {earlier}; "
+                               "each id may appear once per stream (nothing was stored)")
+        classes = len(self.facts.class_names)
+        if item.label is not None and not 0 <= item.label < classes:
+            raise InvalidInput(f"item {position} (id {shown(item.id)}): label {item.label} is not a class of "
+                               f"model {self.facts.version} (0..{classes - 1}; omit it to store the "
+                               "predicted class); nothing was stored")
+
+    def _encode(self, batch: list[tuple[int, IngestItem]], budget: Budget) -> list[StoredItem]:
+        """Encode one batch; an error names the stream position of the image it is about."""
+        try:
+            encodings = self.encoder.encode([item.image for _, item in batch], budget.call_timeout())
+        except OrbitHashError as exc:
+            raise _about_stream(exc, batch) from exc
+        return [StoredItem(item.id, enc.code, enc.label if item.label is None else item.label)
+                for (_, item), enc in zip(batch, encodings, strict=True)]
+
+    def _write(self, staged: list[StoredItem], budget: Budget) -> IngestSummary:
+        groups: dict[int, list[StoredItem]] = {}
+        for item in staged:
+            groups.setdefault(self._shard_of(item.id), []).append(item)
+        summary = IngestSummary(received=len(staged), per_shard=[0] * len(self.shards))
+        step = self.limits.write_batch
+        bits, version = self.facts.bits, self.facts.version
+        for start in range(0, max(len(g) for g in groups.values()), step):
+            calls = {shard: partial(self.shards[shard].add, group[start:start + step], bits, version)
+                     for shard, group in groups.items() if start < len(group)}
+            answers, errors = self._fan_out(calls, budget)
+            for shard, written in answers.items():
+                summary.ingested += written.added
+                summary.replaced += written.replaced
+                summary.per_shard[shard] += written.added
+                self._ingested.inc(written.added)
+            if errors:
+                summary.failed_shards = sorted(errors)
+                raise IngestIncomplete(self._incomplete(errors, summary), summary)
         return summary
 
-    def _ingest_batch(self, batch: list[IngestItem], summary: IngestSummary, budget: Budget) -> None:
-        try:
-            encodings = self.encoder.encode([i.image for i in batch], budget.call_timeout())
-        except InvalidInput as exc:
-            raise InvalidInput(f"after {summary.ingested} stored items, in the batch starting at id "
-                               f"{shown(batch[0].id)}: {exc}") from exc
-        groups: dict[int, list[StoredItem]] = {}
-        for item, enc in zip(batch, encodings, strict=True):
-            label = enc.label if item.label is None else item.label
-            groups.setdefault(self._shard_of(item.id), []).append(StoredItem(item.id, enc.code, label))
-        bits, version = self.facts.bits, self.facts.version
-        answers, errors = self._fan_out(
-            {shard: partial(self.shards[shard].add, group, bits, version) for shard, group in groups.items()},
-            budget)
-        for shard in sorted(answers):
-            written = answers[shard]
-            summary.ingested += written.added
-            summary.replaced += written.replaced
-            summary.per_shard[shard] += written.added
-            self._ingested.inc(written.added)
-        if errors:
-            raise errors[min(errors)]
+    def _incomplete(self, errors: dict[int, Exception], summary: IngestSummary) -> OrbitHashError:
+        first = min(errors)
+        cause = errors[first]
+        if not isinstance(cause, OrbitHashError):
+            raise cause
+        stored = ", ".join(f"shard {s}: {n}" for s, n in enumerate(summary.per_shard) if n) or "none"
+        message = (f"stored {summary.ingested} of {summary.received} items ({stored}); "
+                   f"shard(s) {', '.join(map(str, sorted(errors)))} failed and the rest was not stored "
+                   f"(shard {first}: {cause}). Ingest replaces by id: send the stream again to finish")
+        return type(cause)(message)
 
     def delete(self, ids: Sequence[str], remaining: float | None) -> DeleteResult:
         if not ids:
@@ -376,10 +460,28 @@ class Gateway:
 
     def info(self, remaining: float | None) -> Info:
         """The model and every shard's item count; a shard that cannot answer is listed as unhealthy."""
-        answers, errors = self._fan_out({shard: s.count for shard, s in enumerate(self.shards)},
+        answers, errors = self._fan_out({shard: s.stats for shard, s in enumerate(self.shards)},
                                         self._budget(remaining))
         for exc in errors.values():
             if not isinstance(exc, OrbitHashError):
                 raise exc
-        return Info(self.facts, [ShardInfo(shard, s.address, answers.get(shard, 0), shard in answers)
+        unknown = ShardStats(0, False)
+        return Info(self.facts, [ShardInfo(shard, s.address, answers.get(shard, unknown).count,
+                                           answers.get(shard, unknown).ready)
                                  for shard, s in enumerate(self.shards)])
+
+
+_IMAGE_AT = re.compile(r"^image (\d+): ")
+
+
+def _about_stream(exc: OrbitHashError, batch: list[tuple[int, IngestItem]]) -> OrbitHashError:
+    """The encoder's error about "image i" of one call, told in stream positions."""
+    first, last = batch[0][0], batch[-1][0]
+    text = str(exc)
+    match = _IMAGE_AT.match(text)
+    if match and int(match.group(1)) < len(batch):
+        position, item = batch[int(match.group(1))]
+        where = f"item {position} (id {shown(item.id)}): {text[match.end():]}"
+    else:
+        where = f"items {first}..{last}: {text}"
+    return type(exc)(f"{where}; nothing was stored")

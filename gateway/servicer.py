@@ -8,9 +8,12 @@ from collections.abc import Iterator
 import grpc
 
 from gateway import convert
-from gateway.core import Gateway
+from gateway.core import Gateway, IngestIncomplete
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+
+# Trailing metadata of a failed Ingest: the IngestSummary of what was stored (see the proto).
+INGEST_SUMMARY_KEY = "orbithash-ingest-summary-bin"
 
 
 class GatewayServicer(rpc.GatewayServicer):
@@ -23,7 +26,13 @@ class GatewayServicer(rpc.GatewayServicer):
 
     def Ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
         items = (convert.ingest_item_from_pb(i) for i in request_iterator)
-        return convert.ingest_summary_to_pb(self._gateway.ingest(items, context.time_remaining()))
+        try:
+            summary = self._gateway.ingest(items, context.time_remaining())
+        except IngestIncomplete as exc:  # the status says why; the summary what was stored
+            stored = convert.ingest_summary_to_pb(exc.summary).SerializeToString()
+            context.set_trailing_metadata(((INGEST_SUMMARY_KEY, stored),))
+            raise exc.error from exc
+        return convert.ingest_summary_to_pb(summary)
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         return convert.delete_response_to_pb(self._gateway.delete(list(request.ids), context.time_remaining()))

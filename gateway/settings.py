@@ -20,7 +20,15 @@ class GatewaySettings(ServiceSettings):
     shards: str = Field("127.0.0.1:50061", description="comma-separated index shard host:port, in shard order")
     max_k: int = Field(10_000, ge=1, le=MAX_K_LIMIT, description="largest k a search may ask for")
     timeout_s: float = Field(10.0, gt=0, description="deadline for each downstream call (capped by the caller's)")
-    ingest_batch: int = Field(16, ge=1, description="images encoded per encoder call during ingest")
+    ingest_batch: int = Field(16, ge=1, le=4096, description="images encoded per encoder call during ingest")
+    encode_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024, description=(
+        "image bytes per encoder call during ingest: a batch closes before it would exceed this, so "
+        "large images never make a message over the 256 MiB gRPC limit"))
+    max_ingest_items: int = Field(100_000, ge=1, le=10_000_000, description=(
+        "items in one ingest stream: the stream is encoded before the first write, so its codes "
+        "(not its images) are held in memory until then"))
+    write_batch: int = Field(1024, ge=1, le=1_000_000, description=(
+        "items per write to one shard (at most the shards' max_batch)"))
     startup_timeout_s: float = Field(120.0, gt=0, description="how long to wait for the encoder at start")
 
     @field_validator("shards")

@@ -21,10 +21,12 @@ from orbithash_serving.server import GrpcServer, run_service, service_name
 def build_server(settings: IndexSettings) -> GrpcServer:
     registry = CollectorRegistry()
     client = redis.Redis.from_url(
-        settings.redis_url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError], socket_timeout=30,
+        settings.redis_url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError], socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
     )
-    store = ShardStore(client, settings.shard, settings.bits, settings.model_version, settings.namespace)
+    probe = redis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    store = ShardStore(client, settings.shard, settings.bits, settings.model_version, settings.namespace, probe)
     shard = Shard(settings.shard, store, settings.bits, settings.model_version, settings.max_k,
                   settings.max_batch, registry)
     warm_up()
@@ -32,7 +34,7 @@ def build_server(settings: IndexSettings) -> GrpcServer:
     servicer = IndexShardServicer(shard)
     return GrpcServer(settings, [service_name("IndexShard")],
                       lambda server: rpc.add_IndexShardServicer_to_server(servicer, server), registry,
-                      ready=lambda: bool(client.ping()))
+                      ready=shard.probe)
 
 
 def main(argv: list[str] | None = None) -> int:

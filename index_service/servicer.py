@@ -7,6 +7,7 @@ import grpc
 from index_service.shard import Shard
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.deadlines import write_time_left
 
 
 class IndexShardServicer(rpc.IndexShardServicer):
@@ -16,11 +17,12 @@ class IndexShardServicer(rpc.IndexShardServicer):
     def Add(self, request: pb.AddRequest, context: grpc.ServicerContext) -> pb.AddResponse:
         items = request.items
         added, replaced = self._shard.add([i.id for i in items], [i.code for i in items],
-                                          [i.label for i in items], request.bits, request.model_version)
+                                          [i.label for i in items], request.bits, request.model_version,
+                                          write_time_left(context))
         return pb.AddResponse(added=added, replaced=replaced)
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        deleted, missing = self._shard.delete(list(request.ids))
+        deleted, missing = self._shard.delete(list(request.ids), write_time_left(context))
         return pb.DeleteResponse(deleted=len(deleted), missing=missing)
 
     def Search(self, request: pb.ShardSearchRequest, context: grpc.ServicerContext) -> pb.ShardSearchResponse:
@@ -38,7 +40,8 @@ class IndexShardServicer(rpc.IndexShardServicer):
 
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
         s = self._shard
-        return pb.StatsResponse(shard=s.shard, count=len(s), bits=s.bits, model_version=s.model_version)
+        return pb.StatsResponse(shard=s.shard, count=len(s), bits=s.bits, model_version=s.model_version,
+                                ready=s.ready)
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
         found, missing = self._shard.get(list(request.ids))

@@ -16,6 +16,9 @@ class IndexSettings(ServiceSettings):
 
     shard: int = Field(0, ge=0, description="this shard's number")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding this shard's keys")
+    redis_timeout_s: float = Field(5.0, gt=0, le=600, description=(
+        "socket timeout of one Redis command; a write waits at most this long per try (3 tries) "
+        "for a slow or stopped Redis, holding only the shard's write mutex"))
     bits: int = Field(64, ge=MIN_BITS, le=MAX_BITS, description="code length K the shard accepts")
     model_version: str = Field(..., min_length=1, description="model version the shard accepts")
     namespace: str = Field("orbithash", min_length=1, description="Redis key prefix")

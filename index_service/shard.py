@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,11 +20,25 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from index_service.store import ShardStore
-from orbithash import InvalidInput, Mismatch, ResourceExhausted
+from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, ResourceExhausted
 from orbithash.codes import as_code_array, check_ids, check_k, check_labels, rerank_pool
 from orbithash.index import MIH_MIN_ITEMS, HammingIndex, rerank_asymmetric
 
 log = logging.getLogger("orbithash.index")
+
+# A write must land in Redis this long before the caller's deadline, so that its reply can still
+# reach the caller in time; later, Redis refuses it (see ShardStore.upsert).
+REPLY_MARGIN_S = 0.05
+
+
+def not_after(remaining: float | None) -> float | None:
+    """The Unix time after which a write with ``remaining`` seconds left must not be applied."""
+    if remaining is None:
+        return None
+    if remaining <= REPLY_MARGIN_S:
+        raise DeadlineExceeded(f"the request arrived with {max(remaining, 0) * 1000:.0f} ms left; "
+                               "nothing was written (allow more time)")
+    return time.time() + remaining - REPLY_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,7 @@ class Shard:
         self._store = store
         self._index = HammingIndex(bits)
         self._write_lock = threading.Lock()  # writes only: Redis order = mirror order
+        self.ready = True  # last answer of probe(): can the shard reach Redis
         self._items = Gauge("orbithash_index_items", "Live items in this shard.", registry=registry)
 
     def open(self) -> None:
@@ -65,6 +81,14 @@ class Shard:
         log.info("shard %d: %d items ready (%d bits, model %s)", self.shard, len(self._index), self.bits,
                  self.model_version)
 
+    def probe(self) -> bool:
+        """Ping Redis (the readiness check); the answer is kept in ``ready`` for Stats."""
+        try:
+            self.ready = self._store.ping()
+        except OrbitHashError:
+            self.ready = False
+        return self.ready
+
     def __len__(self) -> int:
         return len(self._index)
 
@@ -80,24 +104,28 @@ class Shard:
             raise ResourceExhausted(f"{n} {what} in one call, limit {self.max_batch}")
 
     def add(self, ids: Sequence[str], codes: Sequence[bytes], labels: Sequence[int], bits: int,
-            model_version: str) -> tuple[int, int]:
+            model_version: str, remaining: float | None = None) -> tuple[int, int]:
+        """Store items; ``remaining``: seconds left of the caller's deadline (None: no deadline).
+        Either every item is stored and acknowledged, or none is."""
         self._check_model(bits, model_version)
         self._check_batch(len(codes), "codes")
         packed = as_code_array(codes, self.bits, "codes", n=len(ids))
         check_ids(ids)
         lab = check_labels(np.asarray(labels, np.int64), len(ids))
+        limit = not_after(remaining)  # fixed now: time spent waiting for the lock counts too
         with self._write_lock:
-            slots, replaced = self._store.upsert(ids, packed, lab)
+            slots, replaced = self._store.upsert(ids, packed, lab, limit)
             self._index.put(slots, ids, packed, lab)
             self._items.set(len(self._index))
         return len(ids), replaced
 
-    def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    def delete(self, ids: Sequence[str], remaining: float | None = None) -> tuple[list[str], list[str]]:
         if not ids:
             raise InvalidInput("no ids given")
         check_ids(ids)
+        limit = not_after(remaining)
         with self._write_lock:
-            deleted, missing = self._store.delete(ids)
+            deleted, missing = self._store.delete(ids, limit)
             self._index.remove(deleted)
             self._items.set(len(self._index))
         return deleted, missing

@@ -19,15 +19,23 @@ from contextlib import contextmanager
 import numpy as np
 import redis
 
-from orbithash import InvalidInput, Mismatch, OrbitHashError, Unavailable
+from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, Unavailable
 from orbithash.bits import code_bytes as _code_bytes
 from orbithash.codes import as_code_array, check_bits, check_ids, check_labels
 
 _SCAN_CHUNK = 20_000  # slot_to_id entries per HSCAN round trip in load()
 
 # Shared by the scripts: KEYS = meta, codes, labels, slot_to_id, id_to_slot, free, next_slot;
-# ARGV[1..3] = bits, model_version, code_bytes. A shard written by another model is refused.
+# ARGV[1..4] = bits, model_version, code_bytes, not_after. A shard written by another model is
+# refused, and so is a write that reaches Redis after ``not_after`` (Unix time in microseconds by
+# Redis's clock, 0 = no limit): its caller was already told it failed, so it must never land.
 _CHECK_META = """
+if ARGV[4] ~= '0' then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000000 + tonumber(now[2]) > tonumber(ARGV[4]) then
+    return redis.error_reply('ORBITHASH_EXPIRED the write reached Redis after its deadline; nothing was written')
+  end
+end
 local meta = redis.call('HMGET', KEYS[1], 'bits', 'model_version', 'code_bytes')
 if not meta[1] then
   return redis.error_reply('ORBITHASH_MISMATCH shard is not claimed (no meta hash)')
@@ -39,11 +47,11 @@ end
 local cb = tonumber(ARGV[3])
 """
 
-# ARGV[4] = n codes concatenated, ARGV[5] = n int32 little-endian labels, ARGV[6..] = n ids.
+# ARGV[5] = n codes concatenated, ARGV[6] = n int32 little-endian labels, ARGV[7..] = n ids.
 # Returns {existing, slots packed as uint32 little-endian}: one bulk string parses fast.
 _UPSERT = _CHECK_META + """
-local codes, labels = ARGV[4], ARGV[5]
-local n = #ARGV - 5
+local codes, labels = ARGV[5], ARGV[6]
+local n = #ARGV - 6
 if #codes ~= n * cb then
   return redis.error_reply('ORBITHASH_INVALID ' .. #codes .. ' code bytes for ' .. n .. ' ids of '
     .. cb .. ' bytes')
@@ -55,9 +63,9 @@ end
 local slot_of, existing, fresh = {}, 0, {}
 for c = 1, n, 1000 do
   local last = math.min(c + 999, n)
-  local found = redis.call('HMGET', KEYS[5], unpack(ARGV, 5 + c, 5 + last))
+  local found = redis.call('HMGET', KEYS[5], unpack(ARGV, 6 + c, 6 + last))
   for j = 1, last - c + 1 do
-    local id = ARGV[4 + c + j]
+    local id = ARGV[5 + c + j]
     if slot_of[id] == nil then
       if found[j] then
         slot_of[id] = tonumber(found[j])
@@ -97,9 +105,9 @@ end
 local out = {}
 local i = 1
 while i <= n do
-  local first = slot_of[ARGV[5 + i]]
+  local first = slot_of[ARGV[6 + i]]
   local j = i
-  while j < n and slot_of[ARGV[6 + j]] == first + (j - i + 1) do j = j + 1 end
+  while j < n and slot_of[ARGV[7 + j]] == first + (j - i + 1) do j = j + 1 end
   redis.call('SETRANGE', KEYS[2], first * cb, string.sub(codes, (i - 1) * cb + 1, j * cb))
   redis.call('SETRANGE', KEYS[3], first * 4, string.sub(labels, (i - 1) * 4 + 1, j * 4))
   for s = i, j do out[s] = struct.pack('<I4', first + s - i) end
@@ -108,11 +116,11 @@ end
 return {existing, table.concat(out)}
 """
 
-# ARGV[4..] = distinct ids. Returns one 0/1 per id (1 = deleted).
+# ARGV[5..] = distinct ids. Returns one 0/1 per id (1 = deleted).
 _DELETE = _CHECK_META + """
 local zero, none = string.rep('\\0', cb), struct.pack('<i4', -1)
 local out = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   local slot = redis.call('HGET', KEYS[5], id)
   if slot then
@@ -155,6 +163,11 @@ local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 return {reply[1], table.concat(reply[2], '\\255')}
 """
 
+def _micros(not_after: float | None) -> str:
+    """A script's ``not_after`` argument: microseconds since the epoch, "0" for no limit."""
+    return "0" if not_after is None else str(max(1, int(not_after * 1_000_000)))
+
+
 # Errors that mean "Redis cannot serve this now", not "the request is wrong".
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError,
                 redis.exceptions.ReadOnlyError, redis.exceptions.ClusterDownError,
@@ -165,13 +178,16 @@ class ShardStore:
     """Durable codes, labels and ids of one shard, written atomically by Lua scripts."""
 
     def __init__(self, client: redis.Redis, shard: int, bits: int, model_version: str,
-                 namespace: str = "orbithash") -> None:
+                 namespace: str = "orbithash", probe_client: redis.Redis | None = None) -> None:
+        """``probe_client``: for :meth:`ping`, with a short timeout and no retries, so a stopped
+        Redis is noticed in about a second; ``client`` otherwise."""
         if client.get_connection_kwargs().get("decode_responses"):
             raise InvalidInput("ShardStore needs a Redis client with decode_responses=False: codes are binary")
         check_bits(bits)
         if not model_version:
             raise InvalidInput("model_version must not be empty")
         self._client = client
+        self._probe = probe_client or client
         self.shard = shard
         self.bits = bits
         self.model_version = model_version
@@ -199,6 +215,8 @@ class ShardStore:
                 raise Mismatch(f"shard {self.shard}: {text.split('ORBITHASH_MISMATCH', 1)[1].strip()}; "
                                f"this service runs {self.bits}-bit codes of model "
                                f"{self.model_version!r}") from exc
+            if "ORBITHASH_EXPIRED" in text:
+                raise DeadlineExceeded(f"shard {self.shard}: {text.split('ORBITHASH_EXPIRED', 1)[1].strip()}") from exc
             if "ORBITHASH_INVALID" in text:
                 raise InvalidInput(f"shard {self.shard}: {text.split('ORBITHASH_INVALID', 1)[1].strip()}") from exc
             raise
@@ -214,8 +232,12 @@ class ShardStore:
                            f"{self.bits}-bit codes of model {self.model_version!r}. Delete the shard's keys "
                            f"or point the service at another namespace before re-encoding.")
 
-    def upsert(self, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    def upsert(self, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray,
+               not_after: float | None = None) -> tuple[np.ndarray, int]:
         """Insert or replace items atomically; returns (slot per input id, ids that already existed).
+
+        ``not_after`` (Unix time, seconds): Redis refuses the script if it runs later than that, so
+        a write whose caller timed out while Redis was slow is never applied afterwards.
 
         An id keeps its slot when replaced; a new id takes a freed slot before a new one. If an id
         repeats within the call the last occurrence wins and every occurrence reports its slot.
@@ -230,21 +252,27 @@ class ShardStore:
             return np.empty(0, np.int64), 0
         with self._redis("writing items"):
             existing, packed = self._upsert(keys=self._key_list,
-                                            args=[*self._meta_args, codes.tobytes(), label_blob, *encoded])
+                                            args=[*self._meta_args, _micros(not_after), codes.tobytes(), label_blob,
+                                                  *encoded])
         return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
 
-    def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Delete items atomically; returns (deleted, missing), each id once, in input order."""
+    def delete(self, ids: Sequence[str], not_after: float | None = None) -> tuple[list[str], list[str]]:
+        """Delete items atomically; returns (deleted, missing), each id once, in input order.
+        ``not_after`` as for :meth:`upsert`."""
         check_ids(ids)  # validate every id before any is used
         distinct = list(dict.fromkeys(ids))
         encoded = [item_id.encode() for item_id in distinct]
         if not distinct:
             return [], []
         with self._redis("deleting items"):
-            flags = self._delete(keys=self._key_list, args=[*self._meta_args, *encoded])
+            flags = self._delete(keys=self._key_list, args=[*self._meta_args, _micros(not_after), *encoded])
         deleted = [i for i, f in zip(distinct, flags, strict=True) if f]
         missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
         return deleted, missing
+
+    def ping(self) -> bool:
+        with self._redis("pinging"):
+            return bool(self._probe.ping())
 
     def count(self) -> int:
         """Live items in the shard."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from orbithash import InvalidInput, Mismatch, NotFound, ResourceExhausted, TritonFailure, Unavailable
+from orbithash import DeadlineExceeded, InvalidInput, Mismatch, NotFound, ResourceExhausted, TritonFailure, Unavailable
 from orbithash.model_facts import ModelFactsError
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -12,6 +12,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Mismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (ModelFactsError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TritonFailure, grpc.StatusCode.INTERNAL),

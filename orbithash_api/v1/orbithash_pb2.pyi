@@ -101,14 +101,18 @@ class IngestItem(_message.Message):
     def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., label: _Optional[int] = ...) -> None: ...
 
 class IngestSummary(_message.Message):
-    __slots__ = ("ingested", "replaced", "per_shard")
+    __slots__ = ("ingested", "replaced", "per_shard", "received", "failed_shards")
     INGESTED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     PER_SHARD_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_SHARDS_FIELD_NUMBER: _ClassVar[int]
     ingested: int
     replaced: int
     per_shard: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, ingested: _Optional[int] = ..., replaced: _Optional[int] = ..., per_shard: _Optional[_Iterable[int]] = ...) -> None: ...
+    received: int
+    failed_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ingested: _Optional[int] = ..., replaced: _Optional[int] = ..., per_shard: _Optional[_Iterable[int]] = ..., received: _Optional[int] = ..., failed_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("ids",)
@@ -233,18 +237,20 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "count", "bits", "model_version", "capacity")
+    __slots__ = ("shard", "count", "bits", "model_version", "capacity", "ready")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     shard: int
     count: int
     bits: int
     model_version: str
     capacity: int
-    def __init__(self, shard: _Optional[int] = ..., count: _Optional[int] = ..., bits: _Optional[int] = ..., model_version: _Optional[str] = ..., capacity: _Optional[int] = ...) -> None: ...
+    ready: bool
+    def __init__(self, shard: _Optional[int] = ..., count: _Optional[int] = ..., bits: _Optional[int] = ..., model_version: _Optional[str] = ..., capacity: _Optional[int] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("ids",)

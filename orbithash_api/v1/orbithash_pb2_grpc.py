@@ -75,7 +75,11 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Ingest(self, request_iterator, context):
-        """Client-streaming ingest: every item is encoded and stored; the summary comes at the end.
+        """Client-streaming ingest. The whole stream is checked and encoded before the first write: a
+        refused item (bad id or label, an id given twice, an undecodable image) refuses the stream and
+        nothing is stored; the message names the item's position in the stream. A shard failing
+        during the writes ends the call with its status and a message (and an IngestSummary in
+        trailing metadata) saying exactly what was stored. Deleting is all-or-nothing likewise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

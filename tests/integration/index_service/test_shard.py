@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from index_service.shard import Shard
 from index_service.store import ShardStore
-from orbithash import InvalidInput, ResourceExhausted
+from orbithash import DeadlineExceeded, InvalidInput, ResourceExhausted, Unavailable
 from orbithash.codes import MAX_ID_BYTES
 from orbithash_local.redis_server import RedisServer
 
@@ -83,3 +83,32 @@ def test_inputs_are_checked_before_any_write(redis_server: RedisServer, redis_cl
     with pytest.raises(InvalidInput, match=r"k must be in 1\.\.1000"):
         shard.search(good[:1], 1001, None, None, BITS, VERSION)
     assert len(shard) == 0 and redis_client.dbsize() == 1  # only the claimed meta hash
+
+
+def test_a_write_that_timed_out_in_a_stopped_redis_is_never_applied(tmp_path: Path) -> None:
+    """The caller was told the write failed; when Redis resumes, the queued script must not land."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        client = redis.Redis.from_url(server.url, socket_timeout=0.5)
+        shard = Shard(0, ShardStore(client, 0, BITS, VERSION), BITS, VERSION, max_k=10, max_batch=64,
+                      registry=CollectorRegistry())
+        shard.open()
+        rng = np.random.default_rng(3)
+        shard.add(["kept"], codes(rng, 1), [0], BITS, VERSION, remaining=5.0)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(Unavailable):  # the client's socket timeout: the script sits in Redis's buffer
+                shard.add(["late"], codes(rng, 1), [1], BITS, VERSION, remaining=0.8)
+            time.sleep(0.5)  # past the write's deadline
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        time.sleep(0.3)  # Redis now runs what it had buffered
+        check = redis.Redis.from_url(server.url)
+        assert check.hexists("orbithash:{shard-0}:id_to_slot", "kept")
+        assert not check.hexists("orbithash:{shard-0}:id_to_slot", "late"), "a timed-out write landed later"
+        assert shard.get(["late"]) == ([], ["late"])
+        with pytest.raises(DeadlineExceeded, match="nothing was written"):
+            shard.add(["late"], codes(rng, 1), [1], BITS, VERSION, remaining=0.01)
+        assert not check.hexists("orbithash:{shard-0}:id_to_slot", "late")
+    finally:
+        server.stop()

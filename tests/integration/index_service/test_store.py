@@ -137,9 +137,9 @@ def test_a_failing_script_writes_nothing(store: ShardStore, redis_client: redis.
     blob = codes_for(rng, 3, 48).tobytes()[:-1]
     labels = np.array([1, 2, 3], "<i4").tobytes()
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):
-        store._upsert(keys=store._key_list, args=[*store._meta_args, blob, labels, "c", "b", "d"])
+        store._upsert(keys=store._key_list, args=[*store._meta_args, "0", blob, labels, "c", "b", "d"])
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):
-        store._upsert(keys=store._key_list, args=[*store._meta_args, blob + b"\0", labels[:-1], "c", "b", "d"])
+        store._upsert(keys=store._key_list, args=[*store._meta_args, "0", blob + b"\0", labels[:-1], "c", "b", "d"])
     # The public API refuses bad input before Redis sees it.
     with pytest.raises(InvalidInput):
         store.upsert(["c", "d"], codes_for(rng, 2, 64), np.array([1, 2]))

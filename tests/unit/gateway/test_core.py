@@ -19,15 +19,17 @@ from gateway.core import (
     Encoding,
     Gateway,
     Hit,
+    IngestIncomplete,
     IngestItem,
     Limits,
     SearchRequest,
     ShardQuery,
+    ShardStats,
     StoredItem,
     Written,
 )
 from gateway.placement import shard_for
-from orbithash import InvalidInput, Mismatch, NotFound, Unavailable
+from orbithash import InvalidInput, Mismatch, NotFound, ResourceExhausted, Unavailable
 from orbithash.bits import codes_to_pm1, pack_signs, unpack_codes
 from orbithash.codes import rerank_pool
 from orbithash.model_facts import ModelFacts
@@ -114,6 +116,8 @@ class FakeShard:
         self.items: dict[str, StoredItem] = {}
         self.queries: list[ShardQuery] = []
         self.deleted: list[list[str]] = []
+        self.ready = True
+        self.fail_add_after = -1  # >= 0: the add calls after this many succeed fail with Unavailable
 
     @property
     def address(self) -> str:
@@ -144,6 +148,9 @@ class FakeShard:
 
     def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written:
         self._enter("add", timeout)
+        if self.fail_add_after == 0:
+            raise Unavailable(f"index shard {self.shard}: UNAVAILABLE Redis down")
+        self.fail_add_after -= 1
         assert (bits, model_version) == (FACTS.bits, FACTS.version)
         replaced = sum(i.id in self.items for i in items)
         self.items.update((i.id, i) for i in items)
@@ -155,9 +162,9 @@ class FakeShard:
         gone = [i for i in ids if self.items.pop(i, None) is not None]
         return DeleteResult(len(gone), [i for i in ids if i not in gone])
 
-    def count(self, timeout: float) -> int:
-        self._enter("count", timeout)
-        return len(self.items)
+    def stats(self, timeout: float) -> ShardStats:
+        self._enter("stats", timeout)
+        return ShardStats(len(self.items), self.ready)
 
 
 @dataclass
@@ -274,7 +281,7 @@ def test_k_out_of_range_is_refused(k: int) -> None:
 
 
 @pytest.mark.parametrize(("query", "needle"), [
-    (None, "set one of image, code or id"),
+    (None, "the request has no query: set one of image, code or id"),
     (ByCode(b"\x00"), "1 bytes, a 12-bit code has 2"),
     (ByCode(b"\x00\x01"), "padding bits"),
     (ById(""), "non-empty"),
@@ -340,19 +347,72 @@ def test_ingest_places_items_by_shard_for_and_batches_the_encoder() -> None:
     assert c.registry.get_sample_value("orbithash_gateway_ingested_items_total") == 52
 
 
-def test_ingest_refuses_a_bad_id_by_position_after_storing_the_batches_before() -> None:
-    c = cluster()
-    items = [IngestItem(f"ok-{i}", image(i)) for i in range(9)] + [IngestItem("", image(99))]
-    with pytest.raises(InvalidInput, match="item 9: the id must be a non-empty string"):
+def stored_count(c: Cluster) -> int:
+    return sum(len(s.items) for s in c.shards)
+
+
+@pytest.mark.parametrize(("bad", "error", "needle"), [
+    (IngestItem("", image(99)), InvalidInput, "item 9: the id must be a non-empty string"),
+    (IngestItem("x" * 257, image(99)), InvalidInput, r"item 9: the id 'x{40}'… \(257 chars\) has 257 bytes"),
+    (IngestItem("ok-3", image(99)), InvalidInput, "item 9: id 'ok-3' was already given as item 3"),
+    (IngestItem("new", image(99), 3), InvalidInput, r"item 9 \(id 'new'\): label 3 is not a class of model v1 \(0..2"),
+    (IngestItem("new", image(99), -1), InvalidInput, "label -1 is not a class"),
+])
+def test_a_bad_item_anywhere_refuses_the_whole_stream_before_any_write(
+        bad: IngestItem, error: type[Exception], needle: str) -> None:
+    c = cluster()  # ingest_batch 8: the first 8 items are encoded before the bad one arrives
+    items = [IngestItem(f"ok-{i}", image(i)) for i in range(9)] + [bad] + [IngestItem("z", image(50))]
+    with pytest.raises(error, match=needle) as raised:
         c.gateway.ingest(iter(items), None)
-    assert sum(len(s.items) for s in c.shards) == 8  # the first full batch
+    assert "nothing was stored" in str(raised.value)
+    assert stored_count(c) == 0 and not [m for m in c.calls.methods() if m.startswith("add")]
 
 
-def test_ingest_names_the_batch_of_an_image_the_encoder_refuses() -> None:
+def test_the_encoders_refusal_names_the_position_in_the_stream() -> None:
     c = cluster()
     c.encoder.refuse = image(10)
-    with pytest.raises(InvalidInput, match=r"after 8 stored items, in the batch starting at id 'i-8': image 2"):
+    with pytest.raises(InvalidInput, match=r"^item 10 \(id 'i-10'\): cannot decode; nothing was stored$"):
         c.gateway.ingest((IngestItem(f"i-{i}", image(i)) for i in range(12)), None)
+    assert stored_count(c) == 0
+
+
+def test_too_many_items_in_one_stream_are_refused_before_any_write() -> None:
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, max_ingest_items=20))
+    with pytest.raises(ResourceExhausted, match="more than 20 items; send it as several streams"):
+        c.gateway.ingest((IngestItem(f"i-{i}", image(i)) for i in range(21)), None)
+    assert stored_count(c) == 0
+    assert c.gateway.ingest((IngestItem(f"i-{i}", image(i)) for i in range(20)), None).ingested == 20
+
+
+def test_encoder_batches_respect_the_byte_limit() -> None:
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, encode_bytes=100))
+    sizes = [60, 30, 20, 100, 150, 1, 1]  # a batch closes before it would pass 100 bytes; a big image goes alone
+    items = [IngestItem(f"i-{i}", bytes([i]) * n) for i, n in enumerate(sizes)]
+    assert c.gateway.ingest(iter(items), None).ingested == len(sizes)
+    assert c.encoder.batches == [2, 1, 1, 1, 2]  # (60 30) (20) (100) (150) (1 1)
+
+
+def test_an_empty_stream_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="held no items"):
+        cluster().gateway.ingest(iter([]), None)
+
+
+def test_a_shard_failing_mid_ingest_is_told_with_exactly_what_was_stored() -> None:
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, write_batch=5))
+    c.shards[1].fail_add_after = 1  # its first round is stored, its second fails
+    items = [IngestItem(f"item-{i:03d}", image(i)) for i in range(60)]
+    with pytest.raises(IngestIncomplete) as raised:
+        c.gateway.ingest(iter(items), None)
+    summary = raised.value.summary
+    assert isinstance(raised.value.error, Unavailable)
+    assert summary.failed_shards == [1] and summary.received == 60
+    assert summary.per_shard == [len(s.items) for s in c.shards]  # exactly what the shards hold
+    assert summary.ingested == stored_count(c) == 5 * 3 + 5 * 2  # two rounds on 0 and 2, one on shard 1
+    assert f"stored {summary.ingested} of 60 items" in str(raised.value.error)
+    assert "send the stream again" in str(raised.value.error)
+    c.shards[1].fail_add_after = -1
+    again = c.gateway.ingest(iter(items), None)  # re-sending finishes the job
+    assert again.ingested == 60 and again.replaced == summary.ingested and stored_count(c) == 60
 
 
 def test_delete_is_grouped_by_shard() -> None:
@@ -373,9 +433,10 @@ def test_info_lists_every_shard_and_marks_a_failed_one() -> None:
     fill(c, 30)
     counts = [len(s.items) for s in c.shards]
     c.shards[2].fail = Unavailable("down")
+    c.shards[1].ready = False  # answers, but cannot reach its Redis
     info = c.gateway.info(None)
     assert info.model == FACTS
-    assert [(s.shard, s.count, s.healthy) for s in info.shards] == [(0, counts[0], True), (1, counts[1], True),
+    assert [(s.shard, s.count, s.healthy) for s in info.shards] == [(0, counts[0], True), (1, counts[1], False),
                                                                    (2, 0, False)]
     assert info.total == counts[0] + counts[1]
     assert info.shards[1].address == "shard-1:1"
@@ -390,7 +451,8 @@ def test_per_call_budgets_never_exceed_the_callers_remaining_time() -> None:
         deadline = clock.now + 8.0
         run(8.0)  # each encoder call takes 3 s of the caller's 8
         assert c.calls.log and all(t <= deadline - now for _, now, t in c.calls.log)
-    assert [(m[:6], t) for m, _, t in c.calls.log] == [("encode", 8.0)] + [("search", 5.0)] * 3
+    # 0.25 s of the caller's 8 are kept back for the gateway's own answer
+    assert [(m[:6], t) for m, _, t in c.calls.log] == [("encode", 7.75)] + [("search", 4.75)] * 3
     # without a caller deadline each call gets the gateway's own timeout_s
     c.calls.log.clear()
     c.gateway.search(SearchRequest(ByImage(image(1)), k=3), None)
@@ -405,3 +467,15 @@ def test_budgets_are_capped_by_timeout_s_and_stay_positive() -> None:
     c.gateway.search(SearchRequest(ByImage(image(1)), k=3), remaining=2.5)  # the encoder uses it all up
     shard_timeouts = {t for m, _, t in c.calls.log if m.startswith("search")}
     assert shard_timeouts and all(0 < t <= 0.01 for t in shard_timeouts)
+
+
+def test_a_shard_late_past_the_callers_deadline_still_leaves_time_for_a_partial_answer() -> None:
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8))
+    fill(c, 30)
+    c.gateway._clock = time.monotonic  # real time: the late shard really sleeps
+    c.shards[1].sleep_s = 3.0  # stopped: never answers within the caller's deadline
+    started = time.monotonic()
+    result = c.gateway.search(SearchRequest(ByCode(b"\x00\x00"), k=5), remaining=1.0)
+    took = time.monotonic() - started
+    assert result.failed_shards == [1] and result.hits
+    assert took < 0.97, f"answered after {took:.3f} s of the caller's 1 s: too late to reach it"
