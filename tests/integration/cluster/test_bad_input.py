@@ -174,3 +174,7 @@ def test_info_reports_a_shard_without_redis_as_unhealthy(cluster: Cluster, gatew
             time.sleep(0.2)
     finally:
         os.kill(redis_pid, signal.SIGCONT)
+    start = time.monotonic()  # and back: the next test finds every shard ready again
+    while not all(s.healthy for s in gateway.Info(pb.InfoRequest(), timeout=10).shards):
+        assert time.monotonic() - start < deadline, "Info did not report the shards healthy after Redis resumed"
+        time.sleep(0.2)

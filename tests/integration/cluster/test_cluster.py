@@ -156,7 +156,7 @@ def test_corrupt_image_in_ingest_is_invalid_argument(gateway: rpc.GatewayStub, i
     with pytest.raises(grpc.RpcError) as err:
         gateway.Ingest(iter(items), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "image 0" in err.value.details()
+    assert "item 0 (id 'corrupt-1'): " in err.value.details() and "nothing was stored" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         gateway.Search(pb.SearchRequest(id="corrupt-1", k=1), timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
