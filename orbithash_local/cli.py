@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 DEFAULT_REPO = Path("model_repository")
 DEFAULT_WORK = Path("runs") / "cluster"
 DEFAULT_CHECKPOINTS = Path("runs") / "checkpoints"
 DEFAULT_EVAL = Path("runs") / "evaluate"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -34,7 +37,12 @@ def _up(args: argparse.Namespace) -> int:
     from orbithash_local.cluster import Cluster, ClusterConfig
 
     config = ClusterConfig(model_repository=args.model_repository, work_dir=args.work_dir, shards=args.shards,
-                           use_triton=not args.embedded, gateway_port=args.port)
+                           use_triton=not args.embedded, gateway_port=args.port, supervise=True,
+                           metrics_port=args.metrics_port)
+    (args.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+    launcher_log = logging.FileHandler(args.work_dir / "logs" / "launcher.log")
+    launcher_log.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(launcher_log)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -47,6 +55,32 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _stop_orphans(state: dict) -> list[str]:
+    """Children a launcher that died without stopping them left behind: stop each one whose pid still
+    runs the recorded command line (so a reused pid is never touched), whole process group."""
+    stopped = []
+    for name, service in reversed(list(state.get("services", {}).items())):
+        pid = service["pid"]
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if [c.decode(errors="replace") for c in cmdline] == service["argv"] and _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
+    return stopped
+
+
 def _down(args: argparse.Namespace) -> int:
     from orbithash_local.cluster import STATE_FILE
 
@@ -54,14 +88,23 @@ def _down(args: argparse.Namespace) -> int:
     if not state_path.exists():
         print(f"no running cluster recorded in {state_path}")
         return 1
-    pid = json.loads(state_path.read_text())["pid"]
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        state_path.unlink()
-        print(f"cluster process {pid} was already gone")
+    state = json.loads(state_path.read_text())
+    pid = state["pid"]
+    if not _pid_alive(pid):
+        stopped = _stop_orphans(state)
+        state_path.unlink(missing_ok=True)
+        print(f"cluster process {pid} was already gone" + (f"; stopped what it left: {', '.join(stopped)}"
+                                                          if stopped else ""))
         return 1
-    print(f"asked cluster process {pid} to stop")
+    os.kill(pid, signal.SIGTERM)
+    print(f"asked cluster process {pid} to stop", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            print(f"cluster process {pid} still runs after {args.timeout:.0f} s; see {state.get('log')}")
+            return 1
+        time.sleep(0.1)
+    print("stopped")
     return 0
 
 
@@ -164,16 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain", action="store_true", help="train even if a matching model is exported")
     demo.set_defaults(func=_demo)
 
-    up = sub.add_parser("up", help="start the whole cluster on loopback until Ctrl-C")
+    up = sub.add_parser("up", help="start the whole cluster on loopback, restarting children that exit, "
+                                   "until Ctrl-C or `orbithash down`")
     common(up)
     up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     up.add_argument("--shards", type=int, default=2)
     up.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
     up.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
+    up.add_argument("--metrics-port", type=int, default=0,
+                    help="the launcher's own /metrics (restarts, children up) on loopback (0: a free one)")
     up.set_defaults(func=_up)
 
-    down = sub.add_parser("down", help="stop a cluster started by `orbithash up`")
+    down = sub.add_parser("down", help="stop a cluster started by `orbithash up` and wait until it stopped")
     down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    down.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster to stop")
     down.set_defaults(func=_down)
 
     def run_options(p: argparse.ArgumentParser) -> None:
@@ -206,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     return int(args.func(args))
 
 

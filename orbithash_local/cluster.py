@@ -1,7 +1,11 @@
 """The whole OrbitHash cluster as local processes on free loopback ports.
 
 redis-server → tritonserver → encoder → N index shards → gateway, each started after the one it
-depends on and waited on until gRPC health says SERVING; stopped in reverse order.
+depends on and waited on until gRPC health says SERVING; stopped in reverse order. With
+``supervise`` (what ``orbithash up`` does) a :class:`~orbithash_local.supervisor.Supervisor` starts a
+child that exited again on the same port, and the state file (``cluster.json`` in the work
+directory) is kept current: per child its pid, address, command line, restarts and last exit. The
+launcher's own metrics (restarts, children up) are served on loopback.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
 
 import encoder_service
 import gateway
@@ -25,6 +32,7 @@ from orbithash.export.repository import model_path
 from orbithash.model_facts import ModelFacts
 from orbithash_local.processes import ManagedProcess, free_port
 from orbithash_local.redis_server import RedisServer
+from orbithash_local.supervisor import Backoff, Supervisor
 from orbithash_local.triton import TritonServer
 
 log = logging.getLogger("orbithash.cluster")
@@ -41,6 +49,9 @@ class ClusterConfig:
     gateway_port: int = 0
     max_k: int = 10_000
     startup_timeout_s: float = 180.0
+    supervise: bool = False  # restart children that exit (``orbithash up``); off for tests that crash them
+    backoff: Backoff = field(default_factory=Backoff)
+    metrics_port: int = 0  # the launcher's own /metrics on loopback, when supervising (0: a free port)
 
 
 @dataclass
@@ -50,6 +61,13 @@ class ServiceProcess:
     metrics_port: int
     process: ManagedProcess
     argv: list[str] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        return grpc_serving(self.address)
+
+    def details(self) -> dict[str, object]:
+        """What the launcher's state file records beside the command line."""
+        return {"metrics_port": self.metrics_port}
 
 
 def grpc_serving(address: str, timeout: float = 1.0) -> bool:
@@ -91,6 +109,11 @@ class Cluster:
         self.encoder: ServiceProcess | None = None
         self.shards: list[ServiceProcess] = []
         self.gateway: ServiceProcess | None = None
+        self.supervisor: Supervisor | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server = None
+        self._state_lock = threading.Lock()
+        self._stopping = False
 
     @property
     def model_path(self) -> Path:
@@ -127,10 +150,21 @@ class Cluster:
             self.gateway = self._service("gateway", gateway, [
                 "--encoder", self.encoder.address, "--shards", ",".join(s.address for s in self.shards),
                 "--max-k", str(cfg.max_k)], port=cfg.gateway_port)
+            if cfg.supervise:
+                self._supervise()
             self._write_state()
         except BaseException:
             self.stop()
             raise
+
+    def _supervise(self) -> None:
+        registry = CollectorRegistry()
+        self.supervisor = Supervisor(self.children(), registry, self.config.backoff, self.config.startup_timeout_s,
+                                     on_change=self._write_state)
+        self._metrics_server, _ = start_http_server(self.config.metrics_port, addr="127.0.0.1", registry=registry)
+        self.metrics_port = int(self._metrics_server.server_port)
+        log.info("launcher metrics on http://127.0.0.1:%d/metrics", self.metrics_port)
+        self.supervisor.start()
 
     def _shard_args(self, shard: int) -> list[str]:
         assert self.redis is not None
@@ -138,7 +172,7 @@ class Cluster:
                 "--model-version", self.facts.version]
 
     def restart_shard(self, shard: int, kill: bool = True) -> None:
-        """Crash (SIGKILL) or stop a shard, then start it again on the same port."""
+        """Crash (SIGKILL) or stop a shard, then start it again on the same port (tests; not when supervised)."""
         old = self.shards[shard]
         if kill:
             old.process.kill()
@@ -166,27 +200,62 @@ class Cluster:
             out["redis"] = self.redis.url
         out["model"] = {"name": self.facts.name, "version": self.facts.version, "bits": self.facts.bits}
         out["logs"] = str(self.config.work_dir / "logs")
+        if self.metrics_port is not None:
+            out["launcher_metrics"] = f"http://127.0.0.1:{self.metrics_port}/metrics"
         return out
 
+    def children(self) -> list[RedisServer | TritonServer | ServiceProcess]:
+        """Every child in start order: redis-server, tritonserver, encoder, shards, gateway."""
+        return [c for c in (self.redis, self.triton, self.encoder, *self.shards, self.gateway) if c is not None]
+
     def child_pids(self) -> dict[str, int]:
-        services = [self.encoder, *self.shards, self.gateway]
-        pids = {s.name: s.process.pid for s in services if s is not None}
-        for name, server in (("tritonserver", self.triton), ("redis-server", self.redis)):
-            if server is not None:
-                pids[name] = server.process.pid
-        return pids
+        return {child.name: child.process.pid for child in self.children()}
+
+    def services_state(self) -> dict[str, dict[str, object]]:
+        """Per child: pid, address, how to start it by hand (argv, env, cwd, command), restarts, last exit, state."""
+        out = {}
+        for child in self.children():
+            process = child.process
+            if self.supervisor is not None:
+                status = self.supervisor.status[child.name].as_dict()
+            else:
+                status = {"state": "running" if process.alive() else "exited", "restarts": 0, "last_exit": None}
+            out[child.name] = {
+                "pid": process.pid, "address": child.address, **child.details(),
+                "argv": process.argv, "env": process.extra_env, "cwd": str(process.cwd),
+                "command": process.command(), "log": str(process.log_path),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(process.started_at)),
+                **status,
+            }
+        return out
 
     def _write_state(self) -> None:
-        state = {"pid": os.getpid(), "endpoints": self.endpoints(), "children": self.child_pids()}
-        (self.config.work_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        """Rewrite the state file at once (a reader never sees half of it); never after :meth:`stop` began."""
+        with self._state_lock:
+            if self._stopping:
+                return
+            state = {"pid": os.getpid(), "supervised": self.supervisor is not None,
+                     "metrics_port": self.metrics_port, "log": str(self.config.work_dir / "logs" / "launcher.log"),
+                     "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "endpoints": self.endpoints(),
+                     "children": self.child_pids(), "services": self.services_state()}
+            path = self.config.work_dir / STATE_FILE
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(state, indent=2))
+            os.replace(tmp, path)
 
     def stop(self) -> None:
-        services = [self.gateway, *reversed(self.shards), self.encoder]
-        for service in services:
-            if service is not None:
-                service.process.stop()
-        for server in (self.triton, self.redis):
-            if server is not None:
-                server.stop()
+        """Stop supervising first (no restart from here on), then every child in reverse start order."""
+        with self._state_lock:
+            self._stopping = True
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        for child in reversed(self.children()):
+            log.info("stopping %s (pid %d)", child.name, child.process.pid)
+            child.process.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.gateway, self.shards, self.encoder, self.triton, self.redis = None, [], None, None, None
+        self.supervisor, self._metrics_server, self.metrics_port = None, None, None
         (self.config.work_dir / STATE_FILE).unlink(missing_ok=True)
+        self._stopping = False

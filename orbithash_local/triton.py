@@ -5,17 +5,27 @@ configuration runs ``model.onnx`` through the Python backend's ``model.py``. Thr
 work outside NVIDIA's container (see docs/triton.md): a backend directory with the stub for the
 running Python, ``LD_LIBRARY_PATH`` pointing at this interpreter's libpython, and this virtual
 environment's ``bin`` first on ``PATH`` so the stub imports our numpy and onnxruntime.
+
+tritonserver starts one ``triton_python_backend_stub`` process (≈350 MB) per model instance, in
+its process group, and a shared-memory region ``/dev/shm/<prefix><uuid>`` for each. A stub that
+is busy or stuck when tritonserver dies stays behind with its region; so every instance gets a
+prefix of its own (``--backend-config=python,shm-region-prefix-name=…``), stopping kills the whole
+group, and before a start the previous instance's leftover stubs are killed and its regions removed.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import sys
 import sysconfig
 from pathlib import Path
 
 from orbithash import Unavailable
 from orbithash_local.processes import ManagedProcess, free_port
+
+SHM_DIR = Path("/dev/shm")
 
 
 def pytriton_root() -> Path:
@@ -48,6 +58,14 @@ def prepare_backends(work_dir: Path) -> Path:
     return backends
 
 
+def listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def triton_env() -> dict[str, str]:
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
@@ -65,6 +83,8 @@ class TritonServer:
     code as this user. gRPC, HTTP and metrics bind to ``host`` alone.
     """
 
+    name = "tritonserver"
+
     def __init__(self, model_repository: Path, work_dir: Path, model_name: str = "orbithash",
                  timeout: float = 120.0, host: str = "127.0.0.1") -> None:
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -72,43 +92,64 @@ class TritonServer:
         self.host = host
         self.work_dir = work_dir
         self.model_repository = model_repository
+        self.shm_prefix = f"orbithash_triton_{secrets.token_hex(6)}_"
         backends = prepare_backends(work_dir)
         argv = [
             str(pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={model_repository.resolve()}",
-            f"--backend-directory={backends}",
+            f"--backend-directory={backends.resolve()}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--grpc-address={host}", f"--grpc-port={self.grpc_port}",
             f"--http-address={host}", f"--http-port={self.http_port}",
             f"--metrics-address={host}", f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
             "--model-control-mode=none",
             "--log-verbose=0", "--exit-on-error=true",
         ]
-        self._argv = argv
-        self._timeout = timeout
-        self.process = self._launch()
+        self.timeout = timeout
+        self.process = ManagedProcess(self.name, argv, work_dir / "tritonserver.log", env=triton_env(),
+                                      cleanup=self.remove_shm_regions)
+        self.process.wait_ready(self.ready, timeout)
 
-    def _launch(self) -> ManagedProcess:
-        process = ManagedProcess("tritonserver", self._argv, self.work_dir / "tritonserver.log", env=triton_env())
-        process.wait_ready(self._model_ready, self._timeout)
-        return process
+    def shm_regions(self) -> list[Path]:
+        """This instance's Python-backend shared-memory regions (and only this instance's)."""
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
+    def remove_shm_regions(self) -> None:
+        for region in self.shm_regions():
+            region.unlink(missing_ok=True)
+
+    def stubs(self) -> list[int]:
+        """PIDs of this instance's Python-backend stubs (its process group, less tritonserver)."""
+        return [pid for pid in self.process.leftovers() if pid != self.process.pid]
 
     def restart(self) -> None:
-        """Start again on the same ports (after :meth:`stop` or a crash)."""
+        """Start again on the same ports (after :meth:`stop` or a crash): leftover stubs and shm regions go first."""
         if self.process.alive():
             self.process.stop()
-        self.process = self._launch()
+        self.process.start()
+        self.process.wait_ready(self.ready, self.timeout)
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    def details(self) -> dict[str, object]:
+        """What the launcher's state file records beside the command line."""
+        return {"http_port": self.http_port, "metrics_port": self.metrics_port,
+                "shm_region_prefix": self.shm_prefix, "shm_dir": str(SHM_DIR)}
 
     @property
     def url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
-    def _model_ready(self) -> bool:
+    def ready(self) -> bool:
+        """The model is ready over gRPC, and the HTTP and metrics ports (started after gRPC) listen."""
         import tritonclient.grpc as tgrpc
 
         client = tgrpc.InferenceServerClient(self.url)
         try:
             if client.is_model_ready(self.model_name, client_timeout=1.0):
-                return True
+                return all(listening(self.host, port) for port in (self.http_port, self.metrics_port))
             for model in client.get_model_repository_index(as_json=True, client_timeout=1.0).get("models", []):
                 if model.get("name") == self.model_name and model.get("state") == "UNAVAILABLE":
                     raise Unavailable(f"Triton could not load {self.model_name!r}: {model.get('reason', '?')}")

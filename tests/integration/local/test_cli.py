@@ -54,7 +54,7 @@ def test_up_serves_and_down_stops_every_child(trained_repo: Path, tmp_path: Path
         children = [endpoints["encoder"], *endpoints["shards"]]
         assert all(grpc_serving(a) for a in children)
 
-        down = subprocess.run([*CLI, "down", "--work-dir", str(work)], capture_output=True, text=True, timeout=30)
+        down = subprocess.run([*CLI, "down", "--work-dir", str(work)], capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stdout + down.stderr
         assert proc.wait(timeout=60) == 0
         assert not any(grpc_serving(a, timeout=0.5) for a in [gateway, *children])
