@@ -24,6 +24,7 @@ answers in full again) and memory growth per process over the soak, and a final 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import tifffile
+from PIL import Image
 from tqdm import tqdm
 
 from gateway.placement import shard_for
@@ -327,6 +330,101 @@ def memory(cluster: Cluster) -> dict[str, tuple[int, float]]:
     return {c.name: (c.process.pid, rss_mb(c.process.pid)) for c in cluster.children()}
 
 
+# -- the bad-input matrix ---------------------------------------------------------------------------
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _tiff16(side: int) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((side, side), np.uint16), compression="zlib")
+    return buffer.getvalue()
+
+
+def _field(number: int, value: bytes) -> bytes:
+    """One length-delimited protobuf field (value shorter than 128 bytes)."""
+    return bytes([number << 3 | 2, len(value)]) + value
+
+
+# (what is sent, the status a user should get). Each is sent to the gateway of a healthy cluster.
+MATRIX: list[tuple[str, str, Callable[[grpc.Channel, bytes], object]]] = [
+    ("Search without a query", "INVALID_ARGUMENT", lambda c, img: _stub(c).Search(pb.SearchRequest(), timeout=30)),
+    ("Search k = 0", "INVALID_ARGUMENT", lambda c, img: _stub(c).Search(pb.SearchRequest(image=img), timeout=30)),
+    ("Search k = 10^6 (over max_k)", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(image=img, k=10**6), timeout=30)),
+    ("Search code of 3 bytes", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(code=b"abc", k=5), timeout=30)),
+    ("Search id ''", "INVALID_ARGUMENT", lambda c, img: _stub(c).Search(pb.SearchRequest(id="", k=5), timeout=30)),
+    ("Search unknown id", "NOT_FOUND", lambda c, img: _stub(c).Search(pb.SearchRequest(id="nope", k=5), timeout=30)),
+    ("Search id of 1 MB", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(id="x" * 2**20, k=5), timeout=30)),
+    ("Search id not UTF-8", "INVALID_ARGUMENT",
+     lambda c, img: c.unary_unary("/orbithash.v1.Gateway/Search", request_serializer=bytes,
+                                  response_deserializer=bytes)(_field(3, b"\xff\xfe") + b"\x20\x05", timeout=30)),
+    ("Search image: garbage bytes", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(image=b"GIF89a junk", k=5), timeout=30)),
+    ("Search image: truncated JPEG", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(image=img[: len(img) // 3], k=5), timeout=30)),
+    ("Search image: empty bytes", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(image=b"", k=5), timeout=30)),
+    ("Search rerank with a code query", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(code=b"\0" * 8, k=5, rerank=True), timeout=30)),
+    ("Search image: 8192x8192 PNG", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(image=_png(8192, 8192), k=5), timeout=60)),
+    ("Search image: 8192x8192 16-bit TIFF (zlib)", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Search(pb.SearchRequest(image=_tiff16(8192), k=5), timeout=60)),
+    ("Ingest an empty stream", "INVALID_ARGUMENT", lambda c, img: _stub(c).Ingest(iter([]), timeout=30)),
+    ("Ingest the same id twice", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Ingest(iter([pb.IngestItem(id="m-dup", image=img)] * 2), timeout=30)),
+    ("Ingest label 999", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Ingest(iter([pb.IngestItem(id="m-ok", image=img),
+                                          pb.IngestItem(id="m-999", image=img, label=999)]), timeout=30)),
+    ("Ingest a corrupt image after a good one", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Ingest(iter([pb.IngestItem(id="m-ok", image=img),
+                                          pb.IngestItem(id="m-bad", image=b"junk")]), timeout=30)),
+    ("Ingest an id of 300 bytes", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Ingest(iter([pb.IngestItem(id="m" * 300, image=img)]), timeout=30)),
+    ("Ingest an id not UTF-8", "INVALID_ARGUMENT",
+     lambda c, img: c.stream_unary("/orbithash.v1.Gateway/Ingest", request_serializer=bytes,
+                                   response_deserializer=bytes)(iter([_field(1, b"\xff") + _field(2, b"x")]),
+                                                                timeout=30)),
+    ("Ingest an image over the 256 MiB message limit", "RESOURCE_EXHAUSTED",
+     lambda c, img: _stub(c).Ingest(iter([pb.IngestItem(id="m-huge", image=bytes(257 * 2**20))]), timeout=60)),
+    ("Delete no ids", "INVALID_ARGUMENT", lambda c, img: _stub(c).Delete(pb.DeleteRequest(), timeout=30)),
+    ("Delete [stored id, '']", "INVALID_ARGUMENT",
+     lambda c, img: _stub(c).Delete(pb.DeleteRequest(ids=["m-kept", ""]), timeout=30)),
+]
+
+
+def _stub(channel: grpc.Channel) -> rpc.GatewayStub:
+    return rpc.GatewayStub(channel)
+
+
+def bad_input_matrix(address: str, image: bytes) -> list[dict[str, object]]:
+    """Send each hostile input once; its status, message, and whether the cluster changed."""
+    options = [("grpc.max_send_message_length", 512 * 2**20), ("grpc.max_receive_message_length", 512 * 2**20)]
+    rows = []
+    with grpc.insecure_channel(address, options=options) as channel:
+        stub = _stub(channel)
+        stub.Ingest(iter([pb.IngestItem(id="m-kept", image=image)]), timeout=60)
+        for name, expected, call in MATRIX:
+            before = stub.Info(pb.InfoRequest(), timeout=30).total
+            started = time.monotonic()
+            try:
+                call(channel, image)
+                code, message = "OK", ""
+            except grpc.RpcError as err:
+                code, message = err.code().name, err.details() or ""
+            rows.append({"input": name, "expected": expected, "status": code, "message": message[:160],
+                         "message_chars": len(message), "seconds": round(time.monotonic() - started, 2),
+                         "stored_nothing": stub.Info(pb.InfoRequest(), timeout=30).total == before})
+        stub.Delete(pb.DeleteRequest(ids=["m-kept"]), timeout=30)
+    return rows
+
+
 # -- the final check --------------------------------------------------------------------------------
 
 def final_check(cluster: Cluster, oracle: Oracle) -> None:
@@ -365,6 +463,7 @@ def run(repo: Path, work_dir: Path, faults: list[Fault], gap_s: float, hold_s: f
         channel = grpc.insecure_channel(address)
         probe = rpc.GatewayStub(channel)
         codes = [probe.Search(pb.SearchRequest(image=i, k=1), timeout=60).query.code for i in images[:20]]
+        matrix = bad_input_matrix(address, images[0])
         oracle, stats, stop = Oracle(len(cluster.shards)), Stats(), threading.Event()
         workers = [Worker(n, address, images, codes, oracle, stats, stop) for n in range(threads)]
         for w in workers:
@@ -407,6 +506,8 @@ def run(repo: Path, work_dir: Path, faults: list[Fault], gap_s: float, hold_s: f
         "requests": sum(stats.codes.values()),
         "partial_answers": stats.partial,
         "items_by_state": states,
+        "bad_input": matrix,
+        "bad_input_unexpected": [r["input"] for r in matrix if r["status"] != r["expected"] or not r["stored_nothing"]],
         "soak_s": soak_s,
         "threads": threads,
     }
@@ -431,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="orbithash-chaos-") as tmp:
         result = run(args.model_repository, args.work_dir or Path(tmp), faults, gap_s, hold_s, soak_s, args.threads)
+    print("| input | status | stored nothing | message |\n|---|---|---|---|")
+    for row in result["bad_input"]:  # type: ignore[union-attr]
+        mark = "" if row["status"] == row["expected"] else f" (expected {row['expected']})"
+        print(f"| {row['input']} | {row['status']}{mark} | {row['stored_nothing']} | {row['message'][:100]} |")
     print(f"errors by code: {result['errors_by_code']}")
     print(f"search p50 {result['search_p50_ms']} ms, p99 {result['search_p99_ms']} ms, "
           f"{result['requests']} requests, {result['partial_answers']} partial answers")

@@ -8,10 +8,11 @@ import sys
 from prometheus_client import CollectorRegistry
 
 from encoder_service.backends import InferenceBackend, OnnxRuntimeBackend, TritonBackend
-from encoder_service.encoder import Encoder, EncoderMetrics
+from encoder_service.encoder import DecodePolicy, Encoder, EncoderMetrics
 from encoder_service.servicer import EncoderServicer
 from encoder_service.settings import EncoderSettings
 from orbithash.export.repository import model_path
+from orbithash.images import MB, DecodeLimits
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_serving.server import GrpcServer, run_service, service_name
 
@@ -22,11 +23,18 @@ def build_backend(settings: EncoderSettings) -> InferenceBackend:
     return OnnxRuntimeBackend(model_path(settings.model_repository, settings.model_name), settings.threads)
 
 
+def decode_policy(settings: EncoderSettings) -> DecodePolicy:
+    image = DecodeLimits(max_pixels=int(settings.max_image_mpx * 1e6),
+                         max_decode_bytes=settings.max_image_decode_mb * MB)
+    return DecodePolicy(image, int(settings.max_request_mpx * 1e6), settings.decode_memory_mb * MB,
+                        settings.decode_wait_s)
+
+
 def build_server(settings: EncoderSettings) -> GrpcServer:
     registry = CollectorRegistry()
     backend = build_backend(settings)
     encoder = Encoder(backend, settings.max_batch, settings.max_images, EncoderMetrics(registry),
-                      settings.decode_threads)
+                      settings.decode_threads, decode_policy(settings))
     servicer = EncoderServicer(encoder)
     facts = backend.facts
     logging.getLogger("orbithash.encoder").info(

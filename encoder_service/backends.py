@@ -7,6 +7,7 @@ and return ``(u, logits)`` for a batch of N×3×S×S uint8 pixels (the model nor
 from __future__ import annotations
 
 import threading
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +45,29 @@ def triton_error(exc: Exception) -> OrbitHashError:
     return TritonFailure(f"Triton inference failed ({status or 'error'}): {message}")
 
 
+# gRPC's default reconnect backoff (1 s, growing 1.6x to 120 s) leaves the channel waiting seconds
+# after Triton is back; steps of at most 0.5 s let the encoder answer within a second of Triton being ready.
+RECONNECT_BACKOFF = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def triton_channel_args(tgrpc: ModuleType) -> list[tuple[str, int]]:
+    """tritonclient's own defaults (``channel_args`` replaces them all), plus a short reconnect backoff."""
+    keepalive = tgrpc.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", tgrpc.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", tgrpc.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        *RECONNECT_BACKOFF,
+    ]
+
+
 class TritonBackend:
     """Triton over gRPC (KServe v2). One shared channel; the client is thread-safe for infer."""
 
@@ -55,7 +79,7 @@ class TritonBackend:
         self._error = InferenceServerException
         self._model = model_name
         self._timeout = timeout_s
-        self._client = tgrpc.InferenceServerClient(url=url)
+        self._client = tgrpc.InferenceServerClient(url=url, channel_args=triton_channel_args(tgrpc))
         self._lock = threading.Lock()
         try:
             if not self._client.is_model_ready(model_name, client_timeout=timeout_s):

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from encoder_service.backends import InferenceBackend
+from encoder_service.budget import MemoryBudget
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.bits import pack_signs
 from orbithash.export.runtime import softmax
-from orbithash.images import decode_image, resize_pixels
+from orbithash.images import (
+    DEFAULT_LIMITS,
+    MB,
+    DecodeLimits,
+    ImageHeader,
+    check_encoded_size,
+    check_limits,
+    decode_checked,
+    mpx,
+    read_header,
+)
 from orbithash.model_facts import ModelFacts
 
 
@@ -24,6 +36,22 @@ class EncodedBatch:
     labels: np.ndarray         # (n,) int64
 
 
+@dataclass(frozen=True)
+class DecodePolicy:
+    """Bounds on decoding: per image (on its header), per request, and for the whole process.
+
+    ``image``: per-image limits (INVALID_ARGUMENT); ``max_request_pixels``: all images of one call
+    together (RESOURCE_EXHAUSTED); ``memory_bytes``: estimated decode memory of every image being
+    decoded at once, across requests; ``wait_s``: how long an image waits for that memory before
+    its request gets RESOURCE_EXHAUSTED.
+    """
+
+    image: DecodeLimits = DEFAULT_LIMITS
+    max_request_pixels: int = 120_000_000
+    memory_bytes: int = 1000 * MB
+    wait_s: float = 2.0
+
+
 class EncoderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.images = Counter("orbithash_encoder_images", "Images encoded.", registry=registry)
@@ -33,33 +61,76 @@ class EncoderMetrics:
                                            "Inference time per backend batch.", registry=registry)
         self.batch_size = Histogram("orbithash_encoder_batch_size", "Images per backend batch.",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=registry)
+        self.decode_reserved = Gauge("orbithash_encoder_decode_reserved_bytes",
+                                     "Estimated decode memory held by images being decoded now.", registry=registry)
+        self.refusals = Counter("orbithash_encoder_decode_refusals",
+                                "Requests refused before decoding, by the bound they hit.", ["bound"],
+                                registry=registry)
 
 
 class Encoder:
     def __init__(self, backend: InferenceBackend, max_batch: int, max_images: int,
-                 metrics: EncoderMetrics, decode_threads: int = 4) -> None:
+                 metrics: EncoderMetrics, decode_threads: int = 4, decode: DecodePolicy | None = None) -> None:
         self.backend = backend
         self.max_batch = max_batch
         self.max_images = max_images
         self.metrics = metrics
+        self.decode = decode or DecodePolicy()
+        self.memory = MemoryBudget(self.decode.memory_bytes)
+        metrics.decode_reserved.set_function(lambda: self.memory.used)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="infer")
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
 
-    def _prepare(self, images: list[bytes]) -> np.ndarray:
-        """Decode and resize on a thread pool (Pillow releases the GIL while it decodes)."""
-        facts = self.facts
-        out = np.empty((len(images), 3, facts.input_size, facts.input_size), np.uint8)
+    def _headers(self, images: list[bytes]) -> list[ImageHeader]:
+        """Every image's header checked against the per-image limits and the request's pixel budget."""
+        headers = []
+        for i, data in enumerate(images):
+            try:
+                check_encoded_size(len(data), self.decode.image)
+                header = read_header(data, self.facts.input_size)
+                check_limits(header, self.decode.image)
+            except InvalidInput as exc:
+                self.metrics.refusals.labels("image").inc()
+                raise InvalidInput(f"image {i}: {exc}") from exc
+            headers.append(header)
+        total = sum(h.pixels for h in headers)
+        if total > self.decode.max_request_pixels:
+            self.metrics.refusals.labels("request").inc()
+            raise ResourceExhausted(
+                f"{len(images)} images of {mpx(total)} in all are over the per-request budget of "
+                f"{mpx(self.decode.max_request_pixels)}; send them in smaller requests, or downscale them")
+        return headers
+
+    def _prepare(self, images: list[bytes], deadline: float | None) -> np.ndarray:
+        """Check every header first, then decode on a thread pool (Pillow and zlib release the GIL),
+        each image holding its estimated decode memory from the process-wide budget while it decodes."""
+        headers = self._headers(images)
+        size = self.facts.input_size
+        out = np.empty((len(images), 3, size, size), np.uint8)
 
         def one(i: int) -> None:
+            wait = self.decode.wait_s if deadline is None else min(self.decode.wait_s, deadline - time.monotonic())
+            header = headers[i]
             try:
-                out[i] = resize_pixels(decode_image(images[i]), facts.input_size)
+                with self.memory.reserve(header.decode_bytes, wait, f"image {i} ({header.describe()})"):
+                    out[i] = decode_checked(images[i], header)
             except InvalidInput as exc:
                 raise InvalidInput(f"image {i}: {exc}") from exc
+            except ResourceExhausted:
+                self.metrics.refusals.labels("memory").inc()
+                raise
 
         if len(images) == 1:
             one(0)
-        else:
-            list(self._decode_pool.map(one, range(len(images))))  # re-raises the first failure in order
+            return out
+        futures = [self._decode_pool.submit(one, i) for i in range(len(images))]
+        try:
+            for future in futures:  # re-raises the first failure in order
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the images not started yet are not decoded for nothing
+            raise
         return out
 
     def _infer(self, chunk: np.ndarray, timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -73,18 +144,20 @@ class Encoder:
 
     def encode(self, images: list[bytes], timeout: float | None = None) -> EncodedBatch:
         """``timeout``: seconds left of the caller's deadline, passed on to the backend."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if not images:
             raise InvalidInput("no images given")
         if len(images) > self.max_images:
             raise ResourceExhausted(f"{len(images)} images in one call, limit {self.max_images}")
         with self.metrics.decode_seconds.time():
-            batch = self._prepare(images)
+            batch = self._prepare(images, deadline)
         chunks = [batch[i:i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
+        left = None if deadline is None else max(0.001, deadline - time.monotonic())
         # Chunks go out concurrently so Triton's dynamic batcher can run them back to back.
         if len(chunks) == 1:
-            results = [self._infer(chunks[0], timeout)]
+            results = [self._infer(chunks[0], left)]
         else:
-            results = list(self._pool.map(lambda c: self._infer(c, timeout), chunks))
+            results = list(self._pool.map(lambda c: self._infer(c, left), chunks))
         u = np.concatenate([r[0] for r in results])
         probs = softmax(np.concatenate([r[1] for r in results]).astype(np.float64)).astype(np.float32)
         self.metrics.images.inc(len(images))

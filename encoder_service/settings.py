@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from orbithash.export.repository import DEFAULT_MODEL_NAME
@@ -22,3 +22,25 @@ class EncoderSettings(ServiceSettings):
     triton_timeout_s: float = Field(30.0, gt=0, description="deadline of one Triton request")
     decode_threads: int = Field(4, ge=1, le=256, description="threads decoding and resizing images")
     threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime intra-op threads (0: all cores)")
+    max_image_mpx: float = Field(40.0, gt=0, le=1000, description=(
+        "largest image accepted, in megapixels (width × height as sent); larger ones get INVALID_ARGUMENT"))
+    max_image_decode_mb: int = Field(400, ge=16, le=65536, description=(
+        "largest estimated peak memory of decoding and resizing one image, in MB (10^6 bytes), read from its "
+        "header (samples as stored, all bands at their depth, plus the uint8 RGB); larger ones get INVALID_ARGUMENT"))
+    max_request_mpx: float = Field(120.0, gt=0, le=100_000, description=(
+        "megapixels of all images of one Encode call together; more gets RESOURCE_EXHAUSTED"))
+    decode_memory_mb: int = Field(1000, ge=16, le=1_000_000, description=(
+        "estimated decode memory, in MB, of all images being decoded at once in this process; an image "
+        "waits for room up to decode_wait_s, then its request gets RESOURCE_EXHAUSTED"))
+    decode_wait_s: float = Field(2.0, ge=0, le=60, description=(
+        "how long an image may wait for decode memory held by other requests"))
+
+    @model_validator(mode="after")
+    def _limits_fit_their_budgets(self) -> EncoderSettings:
+        if self.max_image_decode_mb > self.decode_memory_mb:
+            raise ValueError(f"max_image_decode_mb ({self.max_image_decode_mb}) must not exceed "
+                             f"decode_memory_mb ({self.decode_memory_mb}): such an image could never decode")
+        if self.max_image_mpx > self.max_request_mpx:
+            raise ValueError(f"max_image_mpx ({self.max_image_mpx}) must not exceed max_request_mpx "
+                             f"({self.max_request_mpx}): such an image could never be sent")
+        return self

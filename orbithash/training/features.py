@@ -23,7 +23,7 @@ from tqdm import tqdm
 from orbithash.data import ImageRecord, Split
 from orbithash.export.onnx_export import onnx_bytes
 from orbithash.files import atomic_write
-from orbithash.images import decode_image, preprocess
+from orbithash.images import decode_pixels, normalise
 from orbithash.model_facts import ModelFacts
 from orbithash.models import BACKBONE_INPUT_SIZE, BACKBONE_MEAN, BACKBONE_NAME, BACKBONE_STD, Backbone
 from orbithash.training.cache import default_cache_dir, records_key
@@ -80,7 +80,7 @@ def extract_features(records: Sequence[ImageRecord], facts: ModelFacts, backbone
     with tqdm(total=len(records) * len(views), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(records), EXTRACT_BATCH):
             batch = records[start:start + EXTRACT_BATCH]
-            x = np.stack([preprocess(decode_image(r.data), facts) for r in batch])
+            x = np.stack([normalise(decode_pixels(r.data, facts.input_size), facts) for r in batch])
             for v in views:
                 chunks[v].append(backbone(VIEWS[v](x)).astype(dtype, copy=False))
                 bar.update(len(batch))

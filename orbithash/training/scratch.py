@@ -23,7 +23,7 @@ from orbithash import InvalidInput
 from orbithash.data import ImageRecord, Split
 from orbithash.export.onnx_export import PixelNormalise
 from orbithash.files import atomic_write
-from orbithash.images import decode_image, resize_pixels
+from orbithash.images import decode_pixels
 from orbithash.losses import BaseHashLoss, DSHLoss
 from orbithash.model_facts import ModelFacts
 from orbithash.models import VGGF, AlexNetSPP, DSHNet, HashNet
@@ -65,7 +65,7 @@ def decoded_pixels(records: Sequence[ImageRecord], size: int, *, cache_dir: Path
     out = np.empty((len(records), 3, size, size), np.uint8)
     for i, record in enumerate(tqdm(records, desc=desc, unit="img", disable=not progress, mininterval=1.0)):
         try:
-            out[i] = resize_pixels(decode_image(record.data), size)
+            out[i] = decode_pixels(record.data, size)  # exactly what the encoder serves
         except InvalidInput as exc:
             raise InvalidInput(f"{record.id}: {exc}") from exc
     atomic_write(path, lambda tmp: np.save(tmp, out), suffix=".npy")

@@ -21,6 +21,7 @@ def test_quick_chaos_loses_nothing_and_recovers(trained_repo: Path, tmp_path: Pa
     assert (result["lost_acknowledged"], result["phantom_writes"], result["resurrected"],
             result["unflagged_partial"]) == (0, 0, 0, 0), result["examples"]
     assert result["other_violations"] == {}, result["examples"]
+    assert result["bad_input_unexpected"] == [], result["bad_input"]  # each hostile input: its status, nothing stored
     assert set(result["recovery_s"]) == {"kill shard-1", "stop shard-0", "stop redis-server", "kill tritonserver",
                                          "kill gateway"}
     assert result["max_recovery_s"] < 30, result["recovery_s"]

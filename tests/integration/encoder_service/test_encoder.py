@@ -1,22 +1,28 @@
-"""The encoder service against a real tritonserver: streaming, bad input, Triton outages, refusal."""
+"""The encoder service against a real tritonserver: streaming, bad input, decoding bounds, Triton
+outages, refusal."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import grpc
+import numpy as np
 import onnx
 import pytest
+import tifffile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
 import encoder_service
 from orbithash import Unavailable
 from orbithash.data import Split
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
-from orbithash_local.cluster import start_service
+from orbithash_local.cluster import ServiceProcess, start_service
 from orbithash_local.triton import TritonServer
 from orbithash_serving.server import LIVENESS_SERVICE
 
@@ -29,12 +35,18 @@ def triton(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="module")
-def encoder_address(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def encoder_process(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     service = start_service("encoder", encoder_service,
                             ["--triton-url", triton.url, "--max-images", "8", "--max-batch", "4",
-                             "--triton-timeout-s", "5"], tmp_path_factory.mktemp("logs"), timeout=60)
-    yield service.address
+                             "--triton-timeout-s", "5", "--max-request-mpx", "50"],
+                            tmp_path_factory.mktemp("logs"), timeout=60)
+    yield service
     service.process.stop()
+
+
+@pytest.fixture(scope="module")
+def encoder_address(encoder_process: ServiceProcess) -> str:
+    return encoder_process.address
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +89,83 @@ def test_bad_requests_get_their_status(encoder: rpc.EncoderStub, ucm_subset: Spl
     assert needle in err.value.details()
 
 
+# -- decoding bounds: a small message must not cost gigabytes or seconds ---------------------------
+
+PEAK_RSS_LIMIT_MB = 600  # the whole encoder process, Triton client included (about 150 MB idle)
+
+
+@cache
+def deflate_tiff(side: int) -> bytes:
+    """side×side 16-bit zeros, deflate-compressed: 37 KB on the wire at 4096, 146 KB at 8192."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((side, side), np.uint16), compression="zlib")
+    return buf.getvalue()
+
+
+@cache
+def big_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, "PNG", compress_level=1)  # 0.9 MB at 8192
+    return buf.getvalue()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the kernel's peak RSS restarts from the current RSS
+
+
+@pytest.mark.parametrize(
+    ("image", "status", "needle", "seconds"),
+    [
+        # Decoded cheaply now: was 2-5 s and a 2 GB peak (float64 copies of the whole image).
+        (lambda: deflate_tiff(4096), grpc.StatusCode.OK, "", 3.0),
+        # Refused from the header: was inside the old 64 Mpx limit and took 14 s and a 7.7 GB peak.
+        (lambda: deflate_tiff(8192), grpc.StatusCode.INVALID_ARGUMENT,
+         "image 1: 8192x8192 pixels (67.1 Mpx) is over the per-image limit of 40.0 Mpx; downscale it", 1.0),
+        # Refused from the header: was decoded in 1.6 s with a 1.2 GB peak.
+        (lambda: big_png(8192), grpc.StatusCode.INVALID_ARGUMENT,
+         "image 1: 8192x8192 pixels (67.1 Mpx) is over the per-image limit of 40.0 Mpx; downscale it", 1.0),
+    ],
+    ids=["tiff-4096-16bit-deflate", "tiff-8192-16bit-deflate", "png-8192"],
+)
+def test_huge_images_cost_neither_memory_nor_time(encoder: rpc.EncoderStub, encoder_process: ServiceProcess,
+                                                  ucm_subset: Split, image, status: grpc.StatusCode, needle: str,
+                                                  seconds: float) -> None:
+    request = pb.EncodeRequest(images=[ucm_subset.database[0].data, image()])
+    pid = encoder_process.process.pid
+    reset_peak_rss(pid)
+    start = time.monotonic()
+    try:
+        reply = encoder.Encode(request, timeout=60)
+        code, details = grpc.StatusCode.OK, ""
+    except grpc.RpcError as exc:
+        code, details, reply = exc.code(), exc.details(), None
+    elapsed, peak = time.monotonic() - start, peak_rss_mb(pid)
+    assert (code, needle in details) == (status, True), details
+    assert reply is None or len(reply.encodings) == 2
+    assert elapsed < seconds, f"{elapsed:.2f} s"
+    assert peak < PEAK_RSS_LIMIT_MB, f"encoder peak RSS {peak:.0f} MB"
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(encoder: rpc.EncoderStub,
+                                                                   encoder_process: ServiceProcess) -> None:
+    request = pb.EncodeRequest(images=[deflate_tiff(4096)] * 4)  # 4 × 16.8 Mpx, each under the per-image limit
+    reset_peak_rss(encoder_process.process.pid)
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        encoder.Encode(request, timeout=60)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "4 images of 67.1 Mpx in all are over the per-request budget of 50.0 Mpx" in err.value.details()
+    assert time.monotonic() - start < 1.0
+    assert peak_rss_mb(encoder_process.process.pid) < PEAK_RSS_LIMIT_MB
+
+
 def health(address: str, service: str) -> int:
     with grpc.insecure_channel(address) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
@@ -97,6 +186,7 @@ def test_triton_outage_is_unavailable_and_the_encoder_recovers(encoder: rpc.Enco
     request = pb.EncodeRequest(images=[ucm_subset.database[0].data])
     expected = encoder.Encode(request, timeout=30).encodings[0].code
     triton.stop()
+    down = time.monotonic()
     with pytest.raises(grpc.RpcError) as err:
         encoder.Encode(request, timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -105,16 +195,21 @@ def test_triton_outage_is_unavailable_and_the_encoder_recovers(encoder: rpc.Enco
     # Not ready, yet alive: Kubernetes stops sending traffic but must not restart the process.
     assert health(encoder_address, "") == health_pb2.HealthCheckResponse.NOT_SERVING
     assert health(encoder_address, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
-    triton.restart()
-    wait_for_health(encoder_address, health_pb2.HealthCheckResponse.SERVING)
-    deadline = time.monotonic() + 20
+    # Down for about 10 s in all: gRPC's default reconnect backoff (1 s growing 1.6x) has then reached
+    # 4-7 s, so a default channel would most likely still be waiting when the new Triton is ready.
+    time.sleep(max(0.0, down + 7 - time.monotonic()))
+    triton.restart()  # a new tritonserver on the same ports; returns once it reports the model ready
+    ready = time.monotonic()
     while True:
         try:
             assert encoder.Encode(request, timeout=30).encodings[0].code == expected
             break
         except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
-            time.sleep(0.2)
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < ready + 20
+            time.sleep(0.05)
+    # The Triton channel's reconnect backoff is capped at 0.5 s (gRPC's default grows to minutes).
+    assert time.monotonic() - ready < 1.5, f"first good Encode {time.monotonic() - ready:.1f} s after Triton was ready"
+    wait_for_health(encoder_address, health_pb2.HealthCheckResponse.SERVING)
 
 
 def test_encoder_refuses_a_model_without_facts(trained_repo: Path, tmp_path: Path) -> None:

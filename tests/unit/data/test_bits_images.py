@@ -10,7 +10,7 @@ from PIL import Image
 
 from orbithash import InvalidInput
 from orbithash.bits import codes_to_pm1, pack_signs, padding_is_zero, unpack_codes
-from orbithash.images import decode_image, preprocess
+from orbithash.images import decode_image, normalise, resize_pixels
 from orbithash.model_facts import ModelFacts
 
 
@@ -63,9 +63,9 @@ def test_bad_bytes_are_invalid_input(data: bytes, needle: str) -> None:
         decode_image(data)
 
 
-def test_preprocess_normalises_as_the_facts_say() -> None:
+def test_normalise_as_the_facts_say() -> None:
     facts = ModelFacts("m", "v1", 16, ("a", "b"), 8, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
-    x = preprocess(np.full((16, 16, 3), 255, np.uint8), facts)
+    x = normalise(resize_pixels(np.full((16, 16, 3), 255, np.uint8), facts.input_size), facts)
     assert x.shape == (3, 8, 8) and np.allclose(x, 1.0)
 
 
