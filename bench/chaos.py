@@ -513,6 +513,10 @@ def run(repo: Path, work_dir: Path, faults: list[Fault], gap_s: float, hold_s: f
     }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="five faults, 2 s apart, a 5 s soak (≈ 1 min)")
@@ -530,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no exported model in {args.model_repository}: run `bash scripts/demo.sh` (or orbithash train) first",
               file=sys.stderr)
         return 2
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the cluster is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="orbithash-chaos-") as tmp:
         result = run(args.model_repository, args.work_dir or Path(tmp), faults, gap_s, hold_s, soak_s, args.threads)
     print("| input | status | stored nothing | message |\n|---|---|---|---|")
