@@ -58,6 +58,21 @@ class GatewayStub:
                 request_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.InfoRequest.SerializeToString,
                 response_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.SearchMany = channel.unary_unary(
+                '/orbithash.v1.Gateway/SearchMany',
+                request_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.SearchManyRequest.SerializeToString,
+                response_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.SearchManyResponse.FromString,
+                _registered_method=True)
+        self.Get = channel.unary_unary(
+                '/orbithash.v1.Gateway/Get',
+                request_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
+        self.UpdateMetadata = channel.unary_unary(
+                '/orbithash.v1.Gateway/UpdateMetadata',
+                request_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataRequest.SerializeToString,
+                response_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -97,6 +112,27 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMany(self, request, context):
+        """Many queries in one call: one encoder batch for the images, one fan-out per shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Get(self, request, context):
+        """Stored items by id (code, label, metadata, thumbnail).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMetadata(self, request, context):
+        """Replace the metadata of stored items, without re-encoding them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +155,21 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.InfoRequest.FromString,
                     response_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.InfoResponse.SerializeToString,
+            ),
+            'SearchMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMany,
+                    request_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.SearchManyRequest.FromString,
+                    response_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.SearchManyResponse.SerializeToString,
+            ),
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetItemsRequest.FromString,
+                    response_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetItemsResponse.SerializeToString,
+            ),
+            'UpdateMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMetadata,
+                    request_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataRequest.FromString,
+                    response_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +284,87 @@ class Gateway:
             '/orbithash.v1.Gateway/Info',
             orbithash__api_dot_v1_dot_orbithash__pb2.InfoRequest.SerializeToString,
             orbithash__api_dot_v1_dot_orbithash__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbithash.v1.Gateway/SearchMany',
+            orbithash__api_dot_v1_dot_orbithash__pb2.SearchManyRequest.SerializeToString,
+            orbithash__api_dot_v1_dot_orbithash__pb2.SearchManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbithash.v1.Gateway/Get',
+            orbithash__api_dot_v1_dot_orbithash__pb2.GetItemsRequest.SerializeToString,
+            orbithash__api_dot_v1_dot_orbithash__pb2.GetItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbithash.v1.Gateway/UpdateMetadata',
+            orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataRequest.SerializeToString,
+            orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -453,6 +585,11 @@ class IndexShardStub:
                 request_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetRequest.SerializeToString,
                 response_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.UpdateMetadata = channel.unary_unary(
+                '/orbithash.v1.IndexShard/UpdateMetadata',
+                request_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataRequest.SerializeToString,
+                response_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataResponse.FromString,
+                _registered_method=True)
 
 
 class IndexShardServicer:
@@ -493,6 +630,12 @@ class IndexShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateMetadata(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -520,6 +663,11 @@ def add_IndexShardServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetRequest.FromString,
                     response_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.GetResponse.SerializeToString,
+            ),
+            'UpdateMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMetadata,
+                    request_deserializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataRequest.FromString,
+                    response_serializer=orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -661,6 +809,33 @@ class IndexShard:
             '/orbithash.v1.IndexShard/Get',
             orbithash__api_dot_v1_dot_orbithash__pb2.GetRequest.SerializeToString,
             orbithash__api_dot_v1_dot_orbithash__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orbithash.v1.IndexShard/UpdateMetadata',
+            orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataRequest.SerializeToString,
+            orbithash__api_dot_v1_dot_orbithash__pb2.UpdateMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
