@@ -17,8 +17,9 @@ contents: ``lost_acknowledged`` (present but gone), ``phantom_writes`` (never, y
 found), ``resurrected`` (deleted before a search began, yet found by it), ``unflagged_partial``
 (a present item missing from a search by its id that did not say which shard failed).
 
-Prints errors by status code, search p50/p99, recovery time per fault (until a search by image
-answers in full again) and memory growth per process over the soak, and a final JSON line.
+Prints errors by status code, search p50/p99, recovery time per fault (from the kill or the
+resume until a search by image answers without a missing shard and a write succeeds), memory growth
+per process over the soak, the bad-input matrix (each hostile input's status), and a final JSON line.
 """
 
 from __future__ import annotations
@@ -282,17 +283,26 @@ def pid_of(cluster: Cluster, name: str) -> int:
     return child.process.pid
 
 
+_probes = iter(range(10**9))
+
+
 def answers_in_full(stub: rpc.GatewayStub, image: bytes) -> bool:
+    """A search by image answers without a missing shard, and a write is stored and deleted again."""
+    probe = f"probe-{next(_probes)}"
     try:
-        reply = stub.Search(pb.SearchRequest(image=image, k=K), timeout=2.0)
+        if stub.Search(pb.SearchRequest(image=image, k=K), timeout=2.0).partial:
+            return False
+        stub.Ingest(iter([pb.IngestItem(id=probe, image=image)]), timeout=2.0)
+        stub.Delete(pb.DeleteRequest(ids=[probe]), timeout=2.0)
     except grpc.RpcError:
         return False
-    return not reply.partial
+    return True
 
 
 def inject(cluster: Cluster, fault: Fault, hold_s: float, stub: rpc.GatewayStub, image: bytes,
            timeout_s: float = 90.0) -> float:
-    """Apply the fault; seconds from the kill (or the resume) until a search by image answers in full."""
+    """Apply the fault; seconds from the kill (or the resume) until the cluster answers in full: a
+    search by image without a missing shard, and a write."""
     pid = pid_of(cluster, fault.target)
     if fault.action == "kill":
         os.kill(pid, signal.SIGKILL)
