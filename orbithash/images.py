@@ -178,7 +178,9 @@ def _open_pillow(data: bytes) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise InvalidInput(f"{str(exc).rstrip('.')}; downscale it before sending") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError as exc:  # its message is a repr of our buffer: say what was seen
+        raise InvalidInput(f"not a JPEG, PNG or TIFF image (it starts with {data[:8]!r})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"cannot decode image: {exc}") from exc
     if img.format not in SUPPORTED_FORMATS:
         raise InvalidInput(f"unsupported image format {img.format}; use JPEG, PNG or TIFF")
