@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from encoder_service.backends import InferenceBackend
 from encoder_service.budget import MemoryBudget
+from encoder_service.thumbnails import check_thumbnail_size, thumbnail
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.bits import pack_signs
 from orbithash.export.runtime import softmax
@@ -34,6 +35,7 @@ class EncodedBatch:
     u: np.ndarray              # (n, K) float32
     probabilities: np.ndarray  # (n, C) float32
     labels: np.ndarray         # (n,) int64
+    thumbnails: tuple[bytes, ...] = ()  # JPEG per image, when a thumbnail size was asked for
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,15 @@ class Encoder:
                 f"{mpx(self.decode.max_request_pixels)}; send them in smaller requests, or downscale them")
         return headers
 
-    def _prepare(self, images: list[bytes], deadline: float | None) -> np.ndarray:
+    def _prepare(self, images: list[bytes], deadline: float | None,
+                 thumbnail_size: int = 0) -> tuple[np.ndarray, list[bytes]]:
         """Check every header first, then decode on a thread pool (Pillow and zlib release the GIL),
-        each image holding its estimated decode memory from the process-wide budget while it decodes."""
+        each image holding its estimated decode memory from the process-wide budget while it decodes.
+        With ``thumbnail_size``, each decoded image also gives a JPEG thumbnail (see ``thumbnails``)."""
         headers = self._headers(images)
         size = self.facts.input_size
         out = np.empty((len(images), 3, size, size), np.uint8)
+        thumbs = [b""] * len(images) if thumbnail_size else []
 
         def one(i: int) -> None:
             wait = self.decode.wait_s if deadline is None else min(self.decode.wait_s, deadline - time.monotonic())
@@ -119,10 +124,12 @@ class Encoder:
             except ResourceExhausted:
                 self.metrics.refusals.labels("memory").inc()
                 raise
+            if thumbnail_size:
+                thumbs[i] = thumbnail(out[i], header.width, header.height, thumbnail_size)
 
         if len(images) == 1:
             one(0)
-            return out
+            return out, thumbs
         futures = [self._decode_pool.submit(one, i) for i in range(len(images))]
         try:
             for future in futures:  # re-raises the first failure in order
@@ -131,7 +138,7 @@ class Encoder:
             for future in futures:
                 future.cancel()  # the images not started yet are not decoded for nothing
             raise
-        return out
+        return out, thumbs
 
     def _infer(self, chunk: np.ndarray, timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
         self.metrics.batch_size.observe(len(chunk))
@@ -142,15 +149,17 @@ class Encoder:
     def facts(self) -> ModelFacts:
         return self.backend.facts
 
-    def encode(self, images: list[bytes], timeout: float | None = None) -> EncodedBatch:
-        """``timeout``: seconds left of the caller's deadline, passed on to the backend."""
+    def encode(self, images: list[bytes], timeout: float | None = None, thumbnail_size: int = 0) -> EncodedBatch:
+        """``timeout``: seconds left of the caller's deadline, passed on to the backend;
+        ``thumbnail_size`` > 0: also a JPEG thumbnail of each image, that many pixels on its longer side."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not images:
             raise InvalidInput("no images given")
         if len(images) > self.max_images:
             raise ResourceExhausted(f"{len(images)} images in one call, limit {self.max_images}")
+        check_thumbnail_size(thumbnail_size)
         with self.metrics.decode_seconds.time():
-            batch = self._prepare(images, deadline)
+            batch, thumbs = self._prepare(images, deadline, thumbnail_size)
         chunks = [batch[i:i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
         # Chunks go out concurrently so Triton's dynamic batcher can run them back to back.
@@ -161,4 +170,4 @@ class Encoder:
         u = np.concatenate([r[0] for r in results])
         probs = softmax(np.concatenate([r[1] for r in results]).astype(np.float64)).astype(np.float32)
         self.metrics.images.inc(len(images))
-        return EncodedBatch(pack_signs(u), u, probs, probs.argmax(axis=1))
+        return EncodedBatch(pack_signs(u), u, probs, probs.argmax(axis=1), tuple(thumbs))

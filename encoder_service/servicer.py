@@ -17,20 +17,23 @@ class EncoderServicer(rpc.EncoderServicer):
         self._encoder = encoder
 
     def Encode(self, request: pb.EncodeRequest, context: grpc.ServicerContext) -> pb.EncodeResponse:
-        return self._response(self._encoder.encode(list(request.images), context.time_remaining()))
+        return self._response(self._encoder.encode(list(request.images), context.time_remaining(),
+                                                   request.thumbnail_size))
 
     def EncodeStream(self, request_iterator: Iterator[pb.EncodeRequest],
                      context: grpc.ServicerContext) -> Iterator[pb.EncodeResponse]:
         for request in request_iterator:
-            yield self._response(self._encoder.encode(list(request.images), context.time_remaining()))
+            yield self._response(self._encoder.encode(list(request.images), context.time_remaining(),
+                                                      request.thumbnail_size))
 
     def _response(self, out: EncodedBatch) -> pb.EncodeResponse:
         names = self._encoder.facts.class_names
+        thumbnails = out.thumbnails or (b"",) * len(out.codes)
         return pb.EncodeResponse(
             encodings=[
                 pb.Encoding(code=out.codes[i].tobytes(), u=out.u[i].tolist(),
                             probabilities=out.probabilities[i].tolist(), label=int(out.labels[i]),
-                            class_name=names[int(out.labels[i])])
+                            class_name=names[int(out.labels[i])], thumbnail=thumbnails[i])
                 for i in range(len(out.codes))
             ],
             model_version=self._encoder.facts.version,

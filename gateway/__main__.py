@@ -21,7 +21,9 @@ def build_gateway(settings: GatewaySettings, registry: CollectorRegistry) -> Gat
     facts = wait_for_model(encoder, settings.startup_timeout_s)
     limits = Limits(max_k=settings.max_k, timeout_s=settings.timeout_s, ingest_batch=settings.ingest_batch,
                     encode_bytes=settings.encode_bytes, max_ingest_items=settings.max_ingest_items,
-                    write_batch=settings.write_batch)
+                    write_batch=settings.write_batch, thumbnail_size=settings.thumbnail_size,
+                    max_stream_bytes=settings.max_stream_bytes, max_queries=settings.max_queries,
+                    max_hits=settings.max_hits, max_ids=settings.max_ids)
     return Gateway(encoder, shards, facts, limits, registry, concurrency=settings.workers)
 
 

@@ -12,8 +12,26 @@ from contextlib import contextmanager
 
 import grpc
 
-from gateway.convert import encoding_from_pb, hit_from_pb, item_from_pb, item_to_pb, shard_search_request_to_pb
-from gateway.core import DeleteResult, Encoder, Encoding, Hit, ShardQuery, ShardStats, StoredItem, Written
+from gateway.convert import (
+    encoding_from_pb,
+    hit_from_pb,
+    item_from_pb,
+    item_to_pb,
+    shard_search_request_to_pb,
+    shard_update_request_to_pb,
+)
+from gateway.core import (
+    DeleteResult,
+    Encoder,
+    Encoding,
+    Hit,
+    MetadataUpdate,
+    ShardQuery,
+    ShardStats,
+    StoredItem,
+    UpdateResult,
+    Written,
+)
 from orbithash import InvalidInput, Mismatch, NotFound, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.model_facts import ModelFacts
 from orbithash_api.v1 import orbithash_pb2 as pb
@@ -66,9 +84,11 @@ class EncoderClient:
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = rpc.EncoderStub(self._channel)
 
-    def encode(self, images: Sequence[bytes], timeout: float) -> list[Encoding]:
+    def encode(self, images: Sequence[bytes], timeout: float, thumbnail_size: int = 0) -> list[Encoding]:
         with _domain_errors(self._name):
-            reply = self._stub.Encode(pb.EncodeRequest(images=images), timeout=timeout)
+            reply = self._stub.Encode(pb.EncodeRequest(images=images, thumbnail_size=thumbnail_size), timeout=timeout)
+        if len(reply.encodings) != len(images):
+            raise Unavailable(f"{self._name}: {len(reply.encodings)} encodings for {len(images)} images")
         return [encoding_from_pb(e) for e in reply.encodings]
 
     def model(self, timeout: float) -> ModelFacts:
@@ -88,14 +108,16 @@ class ShardClient:
         self._channel = grpc.insecure_channel(address, options=SHARD_CHANNEL_OPTIONS)
         self._stub = rpc.IndexShardStub(self._channel)
 
-    def search(self, query: ShardQuery, timeout: float) -> list[Hit]:
+    def search(self, query: ShardQuery, timeout: float) -> list[list[Hit]]:
         with _domain_errors(self._name):
             reply = self._stub.Search(shard_search_request_to_pb(query), timeout=timeout)
-        return [hit_from_pb(h) for h in reply.results[0].hits]
+        return [[hit_from_pb(h) for h in hits.hits] for hits in reply.results]
 
-    def get(self, ids: Sequence[str], timeout: float) -> list[StoredItem]:
+    def get(self, ids: Sequence[str], timeout: float, with_metadata: bool = False,
+            with_thumbnails: bool = False) -> list[StoredItem]:
+        request = pb.GetRequest(ids=ids, with_metadata=with_metadata, with_thumbnails=with_thumbnails)
         with _domain_errors(self._name):
-            reply = self._stub.Get(pb.GetRequest(ids=ids), timeout=timeout)
+            reply = self._stub.Get(request, timeout=timeout)
         return [item_from_pb(i) for i in reply.items]
 
     def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written:
@@ -108,6 +130,12 @@ class ShardClient:
         with _domain_errors(self._name):
             reply = self._stub.Delete(pb.DeleteRequest(ids=ids), timeout=timeout, metadata=not_after_metadata(timeout))
         return DeleteResult(reply.deleted, list(reply.missing))
+
+    def update_metadata(self, updates: Sequence[MetadataUpdate], timeout: float) -> UpdateResult:
+        with _domain_errors(self._name):
+            reply = self._stub.UpdateMetadata(shard_update_request_to_pb(updates), timeout=timeout,
+                                              metadata=not_after_metadata(timeout))
+        return UpdateResult(reply.updated, list(reply.missing))
 
     def stats(self, timeout: float) -> ShardStats:
         with _domain_errors(self._name):

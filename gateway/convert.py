@@ -1,6 +1,12 @@
-"""Proto messages ↔ the gateway's plain types, both for its public API and for the calls it makes."""
+"""Proto messages ↔ the gateway's plain types, both for its public API and for the calls it makes.
+
+Scene metadata and filters become ``orbithash.metadata`` values through the shared conversions of
+``orbithash_serving.convert``; an unset message is None (nothing given), never an empty value.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from gateway.core import (
     ByCode,
@@ -8,23 +14,28 @@ from gateway.core import (
     ByImage,
     DeleteResult,
     Encoding,
+    GetResult,
     Hit,
     Info,
     IngestItem,
     IngestSummary,
+    MetadataUpdate,
     Query,
+    SearchManyRequest,
     SearchRequest,
     SearchResult,
     ShardQuery,
     StoredItem,
+    UpdateResult,
 )
+from orbithash.metadata import SceneFilter, SceneMeta
 from orbithash_api.v1 import orbithash_pb2 as pb
-from orbithash_serving.convert import model_info
+from orbithash_serving.convert import filter_from_pb, filter_to_pb, model_info, scene_from_pb, scene_to_pb
 
 # -- the public API (gateway.servicer) -------------------------------------------------------------
 
 
-def _query_from_pb(request: pb.SearchRequest) -> Query | None:
+def _query_from_pb(request: pb.SearchRequest | pb.Query) -> Query | None:
     kind = request.WhichOneof("query")
     if kind == "image":
         return ByImage(request.image)
@@ -35,28 +46,75 @@ def _query_from_pb(request: pb.SearchRequest) -> Query | None:
     return None  # the core says what is missing
 
 
+def _filter_from_pb(request: pb.SearchRequest | pb.SearchManyRequest) -> SceneFilter | None:
+    return filter_from_pb(request.filter) if request.HasField("filter") else None
+
+
+def _scene_to_pb(meta: SceneMeta | None) -> pb.SceneMetadata | None:
+    """None for an item without metadata (or with empty metadata): the field stays unset."""
+    return None if meta is None or meta.is_empty else scene_to_pb(meta)
+
+
+def _scene_from_pb(message: pb.IngestItem | pb.Hit | pb.Item) -> SceneMeta | None:
+    return scene_from_pb(message.metadata) if message.HasField("metadata") else None
+
+
 def search_request_from_pb(request: pb.SearchRequest) -> SearchRequest:
     return SearchRequest(
         query=_query_from_pb(request), k=request.k,
         max_distance=request.max_distance if request.HasField("max_distance") else None,
         label=request.label if request.HasField("label") else None,
         rerank=request.rerank, rerank_candidates=request.rerank_candidates,
+        filter=_filter_from_pb(request), with_metadata=request.with_metadata,
+        with_thumbnails=request.with_thumbnails,
     )
+
+
+def search_many_request_from_pb(request: pb.SearchManyRequest) -> SearchManyRequest:
+    return SearchManyRequest(
+        queries=[_query_from_pb(q) for q in request.queries], k=request.k,
+        max_distance=request.max_distance if request.HasField("max_distance") else None,
+        label=request.label if request.HasField("label") else None,
+        rerank=request.rerank, rerank_candidates=request.rerank_candidates,
+        filter=_filter_from_pb(request), with_metadata=request.with_metadata,
+        with_thumbnails=request.with_thumbnails,
+    )
+
+
+def _add_hits(hits: Iterable[Hit], response: pb.SearchResponse) -> None:
+    add = response.hits.add  # in place: k may be in the thousands, and copying built messages costs more
+    for h in hits:
+        if h.metadata is None and not h.thumbnail:
+            add(id=h.id, distance=h.distance, label=h.label, shard=h.shard, score=h.score)
+        else:
+            add(id=h.id, distance=h.distance, label=h.label, shard=h.shard, score=h.score,
+                metadata=_scene_to_pb(h.metadata), thumbnail=h.thumbnail)
+
+
+def _fill_search_response(result: SearchResult, response: pb.SearchResponse) -> None:
+    if result.query is not None:
+        response.query.CopyFrom(encoding_to_pb(result.query))
+    response.partial = result.partial
+    response.failed_shards.extend(result.failed_shards)
+    response.model_version = result.model_version
+    _add_hits(result.hits, response)
 
 
 def search_response_to_pb(result: SearchResult) -> pb.SearchResponse:
-    response = pb.SearchResponse(
-        query=encoding_to_pb(result.query) if result.query is not None else None,
-        partial=result.partial, failed_shards=result.failed_shards, model_version=result.model_version,
-    )
-    add = response.hits.add  # in place: k may be in the thousands, and copying built messages costs more
-    for h in result.hits:
-        add(id=h.id, distance=h.distance, label=h.label, shard=h.shard, score=h.score)
+    response = pb.SearchResponse()
+    _fill_search_response(result, response)
+    return response
+
+
+def search_many_response_to_pb(results: Iterable[SearchResult]) -> pb.SearchManyResponse:
+    response = pb.SearchManyResponse()
+    for result in results:
+        _fill_search_response(result, response.results.add())
     return response
 
 
 def ingest_item_from_pb(item: pb.IngestItem) -> IngestItem:
-    return IngestItem(item.id, item.image, item.label if item.HasField("label") else None)
+    return IngestItem(item.id, item.image, item.label if item.HasField("label") else None, _scene_from_pb(item))
 
 
 def ingest_summary_to_pb(summary: IngestSummary) -> pb.IngestSummary:
@@ -66,6 +124,23 @@ def ingest_summary_to_pb(summary: IngestSummary) -> pb.IngestSummary:
 
 def delete_response_to_pb(result: DeleteResult) -> pb.DeleteResponse:
     return pb.DeleteResponse(deleted=result.deleted, missing=result.missing)
+
+
+def get_items_response_to_pb(result: GetResult) -> pb.GetItemsResponse:
+    response = pb.GetItemsResponse(missing=result.missing)
+    for found in result.items:
+        item = found.item
+        response.items.add(id=item.id, code=item.code, label=item.label, shard=found.shard,
+                           metadata=_scene_to_pb(item.metadata), thumbnail=item.thumbnail)
+    return response
+
+
+def metadata_updates_from_pb(request: pb.UpdateMetadataRequest) -> list[MetadataUpdate]:
+    return [MetadataUpdate(u.id, scene_from_pb(u.metadata)) for u in request.updates]
+
+
+def update_metadata_response_to_pb(result: UpdateResult) -> pb.UpdateMetadataResponse:
+    return pb.UpdateMetadataResponse(updated=result.updated, missing=result.missing)
 
 
 def info_response_to_pb(info: Info) -> pb.InfoResponse:
@@ -78,25 +153,27 @@ def info_response_to_pb(info: Info) -> pb.InfoResponse:
 
 
 def encoding_from_pb(enc: pb.Encoding) -> Encoding:
-    return Encoding(enc.code, tuple(enc.u), tuple(enc.probabilities), enc.label, enc.class_name)
+    return Encoding(enc.code, tuple(enc.u), tuple(enc.probabilities), enc.label, enc.class_name, enc.thumbnail)
 
 
 def encoding_to_pb(enc: Encoding) -> pb.Encoding:
     return pb.Encoding(code=enc.code, u=enc.u, probabilities=enc.probabilities, label=enc.label,
-                       class_name=enc.class_name)
+                       class_name=enc.class_name, thumbnail=enc.thumbnail)
 
 
 def hit_from_pb(hit: pb.Hit) -> Hit:
-    return Hit(hit.id, hit.distance, hit.label, hit.shard, hit.score)
-
+    return Hit(hit.id, hit.distance, hit.label, hit.shard, hit.score, _scene_from_pb(hit), hit.thumbnail)
 
 
 # -- calls to the index shards (gateway.clients) ---------------------------------------------------
 
 
 def shard_search_request_to_pb(query: ShardQuery) -> pb.ShardSearchRequest:
-    request = pb.ShardSearchRequest(codes=[query.code], k=query.k, bits=query.bits,
-                                    model_version=query.model_version, u=query.u, candidates=query.candidates)
+    request = pb.ShardSearchRequest(codes=query.codes, k=query.k, bits=query.bits,
+                                    model_version=query.model_version, u=query.u, candidates=query.candidates,
+                                    filter=None if query.filter is None else filter_to_pb(query.filter),
+                                    with_metadata=query.with_metadata,
+                                    with_thumbnails=query.with_thumbnails)
     if query.max_distance is not None:
         request.max_distance = query.max_distance
     if query.label is not None:
@@ -105,8 +182,14 @@ def shard_search_request_to_pb(query: ShardQuery) -> pb.ShardSearchRequest:
 
 
 def item_to_pb(item: StoredItem) -> pb.Item:
-    return pb.Item(id=item.id, code=item.code, label=item.label)
+    return pb.Item(id=item.id, code=item.code, label=item.label, metadata=_scene_to_pb(item.metadata),
+                   thumbnail=item.thumbnail)
 
 
 def item_from_pb(item: pb.Item) -> StoredItem:
-    return StoredItem(item.id, item.code, item.label)
+    return StoredItem(item.id, item.code, item.label, _scene_from_pb(item), item.thumbnail)
+
+
+def shard_update_request_to_pb(updates: Iterable[MetadataUpdate]) -> pb.UpdateMetadataRequest:
+    return pb.UpdateMetadataRequest(updates=[pb.MetadataUpdate(id=u.id, metadata=_scene_to_pb(u.metadata))
+                                             for u in updates])

@@ -4,6 +4,10 @@ It speaks to the encoder and the index shards only through the :class:`Encoder` 
 Protocols, so the same logic runs behind gRPC (``gateway.clients``) and, in unit tests, against
 fakes. Clients report a shard that is down or late as :class:`~orbithash.Unavailable`; any other
 error is the caller's and passes through unchanged.
+
+Every request is checked whole before its first downstream call, by the library's rules
+(``orbithash.codes`` for ids, codes and k, ``orbithash.metadata`` for scene metadata, filters and
+thumbnails), so a refused request changed nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from gateway.merge import merge_topk
 from gateway.placement import shard_for
 from orbithash import InvalidInput, NotFound, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.codes import as_code_array, check_id, check_ids, check_k, rerank_pool, shown
+from orbithash.metadata import SceneFilter, SceneMeta, check_filter, check_scene, check_thumbnail
 from orbithash.model_facts import ModelFacts
 
 log = logging.getLogger("orbithash.gateway")
@@ -36,7 +41,6 @@ _MIN_CALL_S = 0.001
 _LATE_SLACK_S = 0.5
 # Kept back from the caller's deadline for answering: a tenth of it, at most this much.
 _MAX_RESERVE_S = 0.25
-
 
 # -- what the gateway is asked and answers ---------------------------------------------------------
 
@@ -66,6 +70,24 @@ class SearchRequest:
     label: int | None = None
     rerank: bool = False
     rerank_candidates: int = 0  # 0: the default pool of orbithash.codes.rerank_pool
+    filter: SceneFilter | None = None
+    with_metadata: bool = False
+    with_thumbnails: bool = False
+
+
+@dataclass(frozen=True)
+class SearchManyRequest:
+    """Many queries sharing k and every filter: answered like that many :class:`SearchRequest`."""
+
+    queries: Sequence[Query | None]
+    k: int
+    max_distance: int | None = None
+    label: int | None = None
+    rerank: bool = False
+    rerank_candidates: int = 0
+    filter: SceneFilter | None = None
+    with_metadata: bool = False
+    with_thumbnails: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,7 @@ class Encoding:
     probabilities: tuple[float, ...]
     label: int
     class_name: str
+    thumbnail: bytes = b""  # JPEG, when one was asked for
 
 
 @dataclass(slots=True)  # not frozen: built by the thousand per search, and freezing makes that slower
@@ -86,6 +109,8 @@ class Hit:
     label: int
     shard: int
     score: float = 0.0
+    metadata: SceneMeta | None = None  # when asked for (with_metadata)
+    thumbnail: bytes = b""  # when asked for (with_thumbnails) and stored
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,7 @@ class IngestItem:
     id: str
     image: bytes
     label: int | None = None  # None: store the predicted label
+    metadata: SceneMeta | None = None
 
 
 @dataclass
@@ -131,6 +157,30 @@ class IngestIncomplete(OrbitHashError):
 @dataclass(frozen=True)
 class DeleteResult:
     deleted: int
+    missing: list[str]
+
+
+@dataclass(frozen=True)
+class MetadataUpdate:
+    id: str
+    metadata: SceneMeta  # replaces the stored metadata whole; empty clears it
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    updated: int
+    missing: list[str]  # ids not stored, in request order: nothing was changed for them
+
+
+@dataclass(frozen=True)
+class FoundItem:
+    shard: int
+    item: StoredItem
+
+
+@dataclass(frozen=True)
+class GetResult:
+    items: list[FoundItem]  # request order
     missing: list[str]
 
 
@@ -162,14 +212,19 @@ class Info:
 
 @dataclass(frozen=True)
 class ShardQuery:
-    code: bytes
+    """One shard search for a batch of query codes: each shard answers one hit list per code."""
+
+    codes: tuple[bytes, ...]
     k: int
     bits: int
     model_version: str
     max_distance: int | None = None
     label: int | None = None
-    u: tuple[float, ...] = ()  # set: re-rank the Hamming candidates by -u·b
+    u: tuple[float, ...] = ()  # set: K floats per code, re-rank the Hamming candidates by -u·b
     candidates: int = 0
+    filter: SceneFilter | None = None
+    with_metadata: bool = False
+    with_thumbnails: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,6 +232,8 @@ class StoredItem:
     id: str
     code: bytes
     label: int
+    metadata: SceneMeta | None = None
+    thumbnail: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -186,9 +243,12 @@ class Written:
 
 
 class Encoder(Protocol):
-    """Images → encodings; ``model`` is asked once, at start (``gateway.clients.wait_for_model``)."""
+    """Images → encodings; ``model`` is asked once, at start (``gateway.clients.wait_for_model``).
 
-    def encode(self, images: Sequence[bytes], timeout: float) -> list[Encoding]: ...
+    ``thumbnail_size`` > 0: each encoding also carries a JPEG thumbnail whose longer side is that many pixels.
+    """
+
+    def encode(self, images: Sequence[bytes], timeout: float, thumbnail_size: int = 0) -> list[Encoding]: ...
 
     def model(self, timeout: float) -> ModelFacts: ...
 
@@ -199,13 +259,16 @@ class Shard(Protocol):
     @property
     def address(self) -> str: ...
 
-    def search(self, query: ShardQuery, timeout: float) -> list[Hit]: ...
+    def search(self, query: ShardQuery, timeout: float) -> list[list[Hit]]: ...
 
-    def get(self, ids: Sequence[str], timeout: float) -> list[StoredItem]: ...
+    def get(self, ids: Sequence[str], timeout: float, with_metadata: bool = False,
+            with_thumbnails: bool = False) -> list[StoredItem]: ...
 
     def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written: ...
 
     def delete(self, ids: Sequence[str], timeout: float) -> DeleteResult: ...
+
+    def update_metadata(self, updates: Sequence[MetadataUpdate], timeout: float) -> UpdateResult: ...
 
     def stats(self, timeout: float) -> ShardStats: ...
 
@@ -222,6 +285,11 @@ class Limits:
     encode_bytes: int = 64 * 1024 * 1024  # image bytes per encoder call (under the message limit)
     max_ingest_items: int = 100_000  # items in one ingest stream
     write_batch: int = 1024  # items per shard write (the shards' max_batch)
+    thumbnail_size: int = 0  # > 0: ingest stores a JPEG thumbnail of this longer side with each item
+    max_stream_bytes: int = 256 * 1024 * 1024  # codes and thumbnails one ingest stream holds before its writes
+    max_queries: int = 256  # queries in one SearchMany (at most the shards' max_batch)
+    max_hits: int = 100_000  # queries × k in one SearchMany
+    max_ids: int = 1024  # ids in one Get or UpdateMetadata (at most the shards' max_batch)
 
 
 class Budget:
@@ -251,7 +319,7 @@ class Budget:
 
 
 class Gateway:
-    """Search, ingest, delete and info over N shards and one encoder.
+    """Search, ingest, get, update, delete and info over N shards and one encoder.
 
     ``concurrency`` is how many requests may be served at once (the server's worker threads): the
     fan-out pool holds a thread for every shard call of each, so no call waits behind another's.
@@ -283,6 +351,13 @@ class Gateway:
     def _shard_of(self, item_id: str) -> int:
         return shard_for(item_id, len(self.shards))
 
+    def _group(self, ids: Iterable[str]) -> dict[int, list[str]]:
+        """Ids by the shard that holds them, each once, in the order given."""
+        groups: dict[int, list[str]] = {}
+        for item_id in dict.fromkeys(ids):
+            groups.setdefault(self._shard_of(item_id), []).append(item_id)
+        return groups
+
     def _fan_out(self, calls: dict[int, Callable[[float], T]], budget: Budget
                  ) -> tuple[dict[int, T], dict[int, Exception]]:
         """Run one call per shard concurrently, each given what is left of the budget now; answers and
@@ -308,21 +383,68 @@ class Gateway:
     # -- search ------------------------------------------------------------------------------------
 
     def search(self, request: SearchRequest, remaining: float | None) -> SearchResult:
-        query = request.query
-        if query is None:
-            raise InvalidInput("the request has no query: set one of image, code or id")
+        many = SearchManyRequest([request.query], request.k, request.max_distance, request.label, request.rerank,
+                                 request.rerank_candidates, request.filter, request.with_metadata,
+                                 request.with_thumbnails)
+        return self._search(many, remaining, single=True)[0]
+
+    def search_many(self, request: SearchManyRequest, remaining: float | None) -> list[SearchResult]:
+        """Every query answered exactly as :meth:`search` would, with one encoder call for the images
+        and one search per shard for all the codes. A refused query refuses the call (the message
+        names its position)."""
+        n = len(request.queries)
+        if not n:
+            raise InvalidInput("no queries given")
+        if n > self.limits.max_queries:
+            raise ResourceExhausted(f"{n} queries in one call, limit {self.limits.max_queries}; "
+                                    "send them in several calls")
         k = check_k(request.k, self.limits.max_k)
-        if request.rerank and not isinstance(query, ByImage):
-            raise InvalidInput("rerank needs an image query: it uses the query's real-valued u")
+        if n * k > self.limits.max_hits:
+            raise ResourceExhausted(f"{n} queries × k {k} = {n * k} hits in one call, limit {self.limits.max_hits}; "
+                                    "send fewer queries per call or ask for a smaller k")
+        return self._search(request, remaining, single=False)
+
+    def _search(self, request: SearchManyRequest, remaining: float | None, single: bool) -> list[SearchResult]:
+        """The queries, checked whole before any call, then resolved to codes and searched together."""
+        def where(i: int) -> str:
+            return "" if single else f"query {i}: "
+
+        queries: list[Query] = []
+        for i, query in enumerate(request.queries):
+            if query is None:
+                raise InvalidInput(f"{where(i)}the request has no query: set one of image, code or id")
+            queries.append(query)
+        k = check_k(request.k, self.limits.max_k)
+        if request.rerank:
+            for i, query in enumerate(queries):
+                if not isinstance(query, ByImage):
+                    raise InvalidInput(f"{where(i)}rerank needs an image query: it uses the query's real-valued u")
+        for i, query in enumerate(queries):
+            if isinstance(query, ByCode):
+                try:
+                    as_code_array([query.code], self.facts.bits, "code")
+                except InvalidInput as exc:
+                    raise InvalidInput(f"{where(i)}{exc}") from exc
+            elif isinstance(query, ById):
+                check_id(query.id, "searched for" if single else f"searched for by query {i}")
+        if request.filter is not None:
+            check_filter(request.filter)
         budget = self._budget(remaining)
-        code, encoding = self._resolve(query, budget)
-        shard_query = ShardQuery(code=code, k=k, bits=self.facts.bits, model_version=self.facts.version,
-                                 max_distance=request.max_distance, label=request.label)
-        if request.rerank and encoding is not None:  # refused above for a query without an image
-            shard_query = replace(shard_query, u=encoding.u,
+        codes, encodings = self._resolve(queries, budget, single)
+        shard_query = ShardQuery(
+            codes=tuple(codes), k=k, bits=self.facts.bits, model_version=self.facts.version,
+            max_distance=request.max_distance, label=request.label, filter=request.filter,
+            with_metadata=request.with_metadata, with_thumbnails=request.with_thumbnails)
+        if request.rerank:  # every query is an image (checked above), so every encoding is set
+            shard_query = replace(shard_query, u=tuple(x for e in encodings if e is not None for x in e.u),
                                   candidates=rerank_pool(k, request.rerank_candidates, self.limits.max_k))
         answers, errors = self._fan_out(
             {shard: partial(s.search, shard_query) for shard, s in enumerate(self.shards)}, budget)
+        for shard, lists in list(answers.items()):
+            if len(lists) != len(queries):  # a broken shard: its answer cannot be merged
+                errors[shard] = Unavailable(f"index shard {shard} answered {len(lists)} hit lists for "
+                                            f"{len(queries)} query codes")
+                del answers[shard]
         failed: list[int] = []
         for shard in sorted(errors):
             exc = errors[shard]
@@ -333,24 +455,76 @@ class Gateway:
         if len(failed) == len(self.shards):
             raise Unavailable("every index shard failed; no results")
         if failed:
-            self._partial.inc()
-        per_shard = [answers[shard] for shard in sorted(answers)]
-        return SearchResult(merge_topk(per_shard, k, by_score=request.rerank), encoding, self.facts.version,
-                            failed)
+            self._partial.inc(len(queries))
+        order = sorted(answers)
+        return [SearchResult(merge_topk([answers[shard][q] for shard in order], k, by_score=request.rerank),
+                             encodings[q], self.facts.version, list(failed))
+                for q in range(len(queries))]
 
-    def _resolve(self, query: Query, budget: Budget) -> tuple[bytes, Encoding | None]:
-        """The query's code, and its encoding when it was an image."""
-        if isinstance(query, ByImage):
-            encoding = self.encoder.encode([query.image], budget.call_timeout())[0]
-            return encoding.code, encoding
-        if isinstance(query, ByCode):
-            as_code_array([query.code], self.facts.bits, "code")
-            return query.code, None
-        check_id(query.id, "searched for")
-        found = self.shards[self._shard_of(query.id)].get([query.id], budget.call_timeout())
-        if not found:
-            raise NotFound(f"no item with id {shown(query.id)}")
-        return found[0].code, None
+    def _resolve(self, queries: Sequence[Query], budget: Budget, single: bool
+                 ) -> tuple[list[bytes], list[Encoding | None]]:
+        """Each query's code, and its encoding when it was an image: the stored codes of the ids with
+        one Get per shard that holds any, the images with as few encoder calls as the byte limit allows."""
+        codes: list[bytes] = [q.code if isinstance(q, ByCode) else b"" for q in queries]
+        encodings: list[Encoding | None] = [None] * len(queries)
+        groups = self._group(q.id for q in queries if isinstance(q, ById))
+        if groups:
+            answers, errors = self._fan_out(
+                {shard: partial(self.shards[shard].get, ids) for shard, ids in groups.items()}, budget)
+            if errors:
+                raise errors[min(errors)]
+            stored = {item.id: item.code for items in answers.values() for item in items}
+            for i, query in enumerate(queries):
+                if isinstance(query, ById):
+                    if query.id not in stored:
+                        raise NotFound(f"{'' if single else f'query {i}: '}no item with id {shown(query.id)}")
+                    codes[i] = stored[query.id]
+        images = {i: q.image for i, q in enumerate(queries) if isinstance(q, ByImage)}
+        for batch in self._byte_batches(images):
+            try:
+                encoded = self.encoder.encode([images[i] for i in batch], budget.call_timeout())
+            except OrbitHashError as exc:
+                if single:
+                    raise
+                raise _about_queries(exc, batch) from exc
+            for i, encoding in zip(batch, encoded, strict=True):
+                codes[i], encodings[i] = encoding.code, encoding
+        return codes, encodings
+
+    def _byte_batches(self, images: dict[int, bytes]) -> list[list[int]]:
+        """Query positions split so that no encoder call carries more than ``encode_bytes`` of images
+        (one call for everything that fits; a single larger image goes alone)."""
+        batches: list[list[int]] = []
+        size = 0
+        for i, image in images.items():
+            if not batches or size + len(image) > self.limits.encode_bytes:
+                batches.append([])
+                size = 0
+            batches[-1].append(i)
+            size += len(image)
+        return batches
+
+    # -- reads by id -------------------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str], with_thumbnails: bool, remaining: float | None) -> GetResult:
+        """Stored items (code, label, metadata, thumbnail if asked) in request order, with one call
+        per shard that holds any of them; ids not stored are listed as missing."""
+        self._check_id_count(len(ids), "ids")
+        check_ids(ids)
+        groups = self._group(ids)
+        answers, errors = self._fan_out(
+            {shard: partial(self.shards[shard].get, group, with_metadata=True, with_thumbnails=with_thumbnails)
+             for shard, group in groups.items()}, self._budget(remaining))
+        if errors:
+            raise errors[min(errors)]
+        found = {item.id: FoundItem(shard, item) for shard, items in answers.items() for item in items}
+        return GetResult([found[i] for i in ids if i in found], [i for i in ids if i not in found])
+
+    def _check_id_count(self, n: int, what: str) -> None:
+        if not n:
+            raise InvalidInput(f"no {what} given")
+        if n > self.limits.max_ids:
+            raise ResourceExhausted(f"{n} {what} in one call, limit {self.limits.max_ids}; send them in several calls")
 
     # -- writes ------------------------------------------------------------------------------------
 
@@ -365,6 +539,7 @@ class Gateway:
         """
         budget = self._budget(remaining)
         staged: list[StoredItem] = []
+        staged_bytes = 0
         position_of: dict[str, int] = {}
         batch: list[tuple[int, IngestItem]] = []
         batch_bytes = 0
@@ -372,15 +547,26 @@ class Gateway:
             self._check_item(position, item, position_of)
             if batch and (len(batch) >= self.limits.ingest_batch
                           or batch_bytes + len(item.image) > self.limits.encode_bytes):
-                staged += self._encode(batch, budget)
+                staged_bytes = self._stage(staged, self._encode(batch, budget), staged_bytes)
                 batch, batch_bytes = [], 0
             batch.append((position, item))
             batch_bytes += len(item.image)
         if batch:
-            staged += self._encode(batch, budget)
+            self._stage(staged, self._encode(batch, budget), staged_bytes)
         if not staged:
             raise InvalidInput("the ingest stream held no items")
         return self._write(staged, budget)
+
+    def _stage(self, staged: list[StoredItem], encoded: list[StoredItem], held: int) -> int:
+        """Keep encoded items until the writes; what the stream now holds, in bytes (codes and thumbnails)."""
+        for item in encoded:
+            held += len(item.code) + len(item.thumbnail)
+            if held > self.limits.max_stream_bytes:
+                raise ResourceExhausted(f"the stream's codes and thumbnails pass {self.limits.max_stream_bytes} "
+                                        f"bytes at item {len(staged)}; send it as several streams "
+                                        "(nothing was stored)")
+            staged.append(item)
+        return held
 
     def _check_item(self, position: int, item: IngestItem, position_of: dict[str, int]) -> None:
         if position >= self.limits.max_ingest_items:
@@ -399,14 +585,26 @@ class Gateway:
             raise InvalidInput(f"item {position} (id {shown(item.id)}): label {item.label} is not a class of "
                                f"model {self.facts.version} (0..{classes - 1}; omit it to store the "
                                "predicted class); nothing was stored")
+        if item.metadata is not None:
+            try:
+                check_scene(item.metadata, f"item {position} (id {shown(item.id)})")
+            except InvalidInput as exc:
+                raise InvalidInput(f"{exc}; nothing was stored") from exc
 
     def _encode(self, batch: list[tuple[int, IngestItem]], budget: Budget) -> list[StoredItem]:
         """Encode one batch; an error names the stream position of the image it is about."""
         try:
-            encodings = self.encoder.encode([item.image for _, item in batch], budget.call_timeout())
+            encodings = self.encoder.encode([item.image for _, item in batch], budget.call_timeout(),
+                                            thumbnail_size=self.limits.thumbnail_size)
         except OrbitHashError as exc:
             raise _about_stream(exc, batch) from exc
-        return [StoredItem(item.id, enc.code, enc.label if item.label is None else item.label)
+        for (position, item), enc in zip(batch, encodings, strict=True):  # what a shard would refuse, refused now
+            try:
+                check_thumbnail(enc.thumbnail, f"item {position} (id {shown(item.id)})")
+            except InvalidInput as exc:
+                raise InvalidInput(f"{exc} (lower the gateway's thumbnail_size); nothing was stored") from exc
+        return [StoredItem(item.id, enc.code, enc.label if item.label is None else item.label, item.metadata,
+                           enc.thumbnail)
                 for (_, item), enc in zip(batch, encodings, strict=True)]
 
     def _write(self, staged: list[StoredItem], budget: Budget) -> IngestSummary:
@@ -440,6 +638,44 @@ class Gateway:
                    f"shard(s) {', '.join(map(str, sorted(errors)))} failed and the rest was not stored "
                    f"(shard {first}: {cause}). Ingest replaces by id: send the stream again to finish")
         return type(cause)(message)
+
+    def update_metadata(self, updates: Sequence[MetadataUpdate], remaining: float | None) -> UpdateResult:
+        """Replace the metadata of stored items, one call per shard that holds any of them.
+
+        The whole request is checked before the first write (ids, an id given twice); a refused
+        request changed nothing. If a shard fails, the error says which shards applied their part.
+        Replacing is idempotent: sending the same request again finishes the job.
+        """
+        self._check_id_count(len(updates), "updates")
+        position_of: dict[str, int] = {}
+        for position, update in enumerate(updates):
+            check_id(update.id, position)
+            earlier = position_of.setdefault(update.id, position)
+            if earlier != position:
+                raise InvalidInput(f"item {position}: id {shown(update.id)} was already given as item {earlier}; "
+                                   "each id may appear once per request (nothing was changed)")
+            try:
+                check_scene(update.metadata, f"item {position} (id {shown(update.id)})")
+            except InvalidInput as exc:
+                raise InvalidInput(f"{exc}; nothing was changed") from exc
+        groups: dict[int, list[MetadataUpdate]] = {}
+        for update in updates:
+            groups.setdefault(self._shard_of(update.id), []).append(update)
+        answers, errors = self._fan_out(
+            {shard: partial(self.shards[shard].update_metadata, group) for shard, group in groups.items()},
+            self._budget(remaining))
+        if errors:
+            first = min(errors)
+            cause = errors[first]
+            if not isinstance(cause, OrbitHashError):
+                raise cause
+            done = ", ".join(f"shard {s}: {answers[s].updated}" for s in sorted(answers)) or "none"
+            raise type(cause)(
+                f"updated {sum(a.updated for a in answers.values())} of {len(updates)} items ({done}); shard(s) "
+                f"{', '.join(map(str, sorted(errors)))} failed and their items were not changed (shard {first}: "
+                f"{cause}). Metadata is replaced whole: send the request again to finish")
+        missing = {i for a in answers.values() for i in a.missing}
+        return UpdateResult(sum(a.updated for a in answers.values()), [u.id for u in updates if u.id in missing])
 
     def delete(self, ids: Sequence[str], remaining: float | None) -> DeleteResult:
         if not ids:
@@ -485,3 +721,13 @@ def _about_stream(exc: OrbitHashError, batch: list[tuple[int, IngestItem]]) -> O
     else:
         where = f"items {first}..{last}: {text}"
     return type(exc)(f"{where}; nothing was stored")
+
+
+def _about_queries(exc: OrbitHashError, batch: list[int]) -> OrbitHashError:
+    """The encoder's error about "image i" of one call, told as the position of the query it came from."""
+    text = str(exc)
+    match = _IMAGE_AT.match(text)
+    if match and int(match.group(1)) < len(batch):
+        return type(exc)(f"query {batch[int(match.group(1))]}: {text[match.end():]}")
+    return type(exc)(f"queries {', '.join(map(str, batch))}: {text}" if len(batch) <= 8 else
+                     f"{len(batch)} image queries: {text}")

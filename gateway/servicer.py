@@ -34,6 +34,19 @@ class GatewayServicer(rpc.GatewayServicer):
             raise exc.error from exc
         return convert.ingest_summary_to_pb(summary)
 
+    def SearchMany(self, request: pb.SearchManyRequest, context: grpc.ServicerContext) -> pb.SearchManyResponse:
+        results = self._gateway.search_many(convert.search_many_request_from_pb(request), context.time_remaining())
+        return convert.search_many_response_to_pb(results)
+
+    def Get(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
+        result = self._gateway.get(list(request.ids), request.with_thumbnails, context.time_remaining())
+        return convert.get_items_response_to_pb(result)
+
+    def UpdateMetadata(self, request: pb.UpdateMetadataRequest,
+                       context: grpc.ServicerContext) -> pb.UpdateMetadataResponse:
+        result = self._gateway.update_metadata(convert.metadata_updates_from_pb(request), context.time_remaining())
+        return convert.update_metadata_response_to_pb(result)
+
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         return convert.delete_response_to_pb(self._gateway.delete(list(request.ids), context.time_remaining()))
 

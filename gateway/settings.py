@@ -9,6 +9,8 @@ from orbithash_serving.settings import ServiceSettings
 
 # The index shards' default max_k: a larger k would be refused by every shard.
 MAX_K_LIMIT = 100_000
+# Largest thumbnail the encoder makes (encoder_service.encoder.MAX_THUMBNAIL_SIZE).
+MAX_THUMBNAIL_SIZE = 1024
 
 
 class GatewaySettings(ServiceSettings):
@@ -29,6 +31,16 @@ class GatewaySettings(ServiceSettings):
         "(not its images) are held in memory until then"))
     write_batch: int = Field(1024, ge=1, le=1_000_000, description=(
         "items per write to one shard (at most the shards' max_batch)"))
+    thumbnail_size: int = Field(0, ge=0, le=MAX_THUMBNAIL_SIZE, description=(
+        "> 0: ingest stores a JPEG thumbnail of this longer side (pixels) with each item, made by the "
+        "encoder in the same call; 0: no thumbnails"))
+    max_stream_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024**3, description=(
+        "bytes of codes and thumbnails one ingest stream may hold before its first write"))
+    max_queries: int = Field(256, ge=1, le=1_000_000, description=(
+        "queries in one SearchMany (at most the shards' max_batch and the encoder's max_images)"))
+    max_hits: int = Field(100_000, ge=1, le=100_000_000, description="queries × k in one SearchMany")
+    max_ids: int = Field(1024, ge=1, le=1_000_000, description=(
+        "ids in one Get or UpdateMetadata (at most the shards' max_batch)"))
     startup_timeout_s: float = Field(120.0, gt=0, description="how long to wait for the encoder at start")
 
     @field_validator("shards")

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import grpc
 
-from index_service.shard import Shard
+from index_service.shard import Shard, ShardHit
+from orbithash.metadata import SceneMeta
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.convert import filter_from_pb, scene_from_pb, scene_to_pb
 from orbithash_serving.deadlines import write_time_left
+
+
+def _metadata_pb(meta: SceneMeta | None) -> pb.SceneMetadata | None:
+    """Set only when asked for and the item has some."""
+    return None if meta is None or meta.is_empty else scene_to_pb(meta)
+
+
+def _hit_pb(h: ShardHit, shard: int) -> pb.Hit:
+    return pb.Hit(id=h.id, distance=h.distance, label=h.label, shard=shard, score=h.score,
+                  metadata=_metadata_pb(h.metadata), thumbnail=h.thumbnail)
 
 
 class IndexShardServicer(rpc.IndexShardServicer):
@@ -18,7 +30,8 @@ class IndexShardServicer(rpc.IndexShardServicer):
         items = request.items
         added, replaced = self._shard.add([i.id for i in items], [i.code for i in items],
                                           [i.label for i in items], request.bits, request.model_version,
-                                          write_time_left(context))
+                                          write_time_left(context), [scene_from_pb(i.metadata) for i in items],
+                                          [i.thumbnail for i in items])
         return pb.AddResponse(added=added, replaced=replaced)
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
@@ -30,13 +43,11 @@ class IndexShardServicer(rpc.IndexShardServicer):
             list(request.codes), request.k,
             request.max_distance if request.HasField("max_distance") else None,
             request.label if request.HasField("label") else None,
-            request.bits, request.model_version, request.u, request.candidates)
+            request.bits, request.model_version, request.u, request.candidates,
+            filter_from_pb(request.filter) if request.HasField("filter") else None,
+            request.with_metadata, request.with_thumbnails)
         shard = self._shard.shard
-        return pb.ShardSearchResponse(results=[
-            pb.HitList(hits=[pb.Hit(id=h.id, distance=h.distance, label=h.label, shard=shard, score=h.score)
-                             for h in hits])
-            for hits in results
-        ])
+        return pb.ShardSearchResponse(results=[pb.HitList(hits=[_hit_pb(h, shard) for h in hits]) for hits in results])
 
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
         s = self._shard
@@ -44,6 +55,15 @@ class IndexShardServicer(rpc.IndexShardServicer):
                                 ready=s.ready)
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
-        found, missing = self._shard.get(list(request.ids))
-        return pb.GetResponse(items=[pb.Item(id=i, code=c, label=lab) for i, c, lab in found],
+        found, missing = self._shard.get(list(request.ids), request.with_metadata, request.with_thumbnails)
+        return pb.GetResponse(items=[pb.Item(id=i.id, code=i.code, label=i.label, metadata=_metadata_pb(i.metadata),
+                                             thumbnail=i.thumbnail) for i in found],
                               missing=missing)
+
+    def UpdateMetadata(self, request: pb.UpdateMetadataRequest,
+                       context: grpc.ServicerContext) -> pb.UpdateMetadataResponse:
+        updates = request.updates
+        updated, missing = self._shard.update_metadata([u.id for u in updates],
+                                                       [scene_from_pb(u.metadata) for u in updates],
+                                                       write_time_left(context))
+        return pb.UpdateMetadataResponse(updated=len(updated), missing=missing)

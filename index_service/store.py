@@ -3,9 +3,10 @@
 Every key of a shard carries the hash tag ``{shard-N}``, so a Redis Cluster keeps the shard on one
 node and its Lua scripts (which touch several keys) stay legal. Codes and labels live in two
 binary strings addressed by slot (SETRANGE), which a restart reads back with two GETs; the
-id <-> slot maps are hashes. Writes are Lua scripts that check everything before their first
-write, because Redis does not roll a script back when it fails half-way. The layout is
-documented in docs/redis-layout.md.
+id <-> slot maps are hashes, and so are each item's scene metadata and thumbnail (by id, only for
+items that have them), written and deleted by the same scripts as the code. Writes are Lua
+scripts that check everything before their first write, because Redis does not roll a script
+back when it fails half-way. The layout is documented in docs/redis-layout.md.
 
 The client is built by the caller (with its retry policy, e.g. ``Retry(ExponentialBackoff(), 3)``);
 this class only issues commands and turns Redis failures into OrbitHash errors.
@@ -13,8 +14,10 @@ this class only issues commands and turns Redis failures into OrbitHash errors.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import redis
@@ -24,8 +27,11 @@ from orbithash.bits import code_bytes as _code_bytes
 from orbithash.codes import as_code_array, check_bits, check_ids, check_labels
 
 _SCAN_CHUNK = 20_000  # slot_to_id entries per HSCAN round trip in load()
+_BLOB_CHUNK = 2_000  # metadata entries per HSCAN round trip in load()
+_NAMES = ("meta", "codes", "labels", "slot_to_id", "id_to_slot", "free", "next_slot", "metadata", "thumbnails")
 
-# Shared by the scripts: KEYS = meta, codes, labels, slot_to_id, id_to_slot, free, next_slot;
+# Shared by the scripts: KEYS = meta, codes, labels, slot_to_id, id_to_slot, free, next_slot,
+# metadata, thumbnails;
 # ARGV[1..4] = bits, model_version, code_bytes, not_after. A shard written by another model is
 # refused, and so is a write that reaches Redis after ``not_after`` (Unix time in microseconds by
 # Redis's clock, 0 = no limit): its caller was already told it failed, so it must never land.
@@ -47,11 +53,16 @@ end
 local cb = tonumber(ARGV[3])
 """
 
-# ARGV[5] = n codes concatenated, ARGV[6] = n int32 little-endian labels, ARGV[7..] = n ids.
-# Returns {existing, slots packed as uint32 little-endian}: one bulk string parses fast.
+# ARGV[5] = n codes concatenated, ARGV[6] = n int32 little-endian labels, ARGV[7..6+n] = ids,
+# ARGV[7+n..6+2n] = metadata blobs, ARGV[7+2n..6+3n] = thumbnails ('' = none: a replaced item's is
+# removed). Returns {existing, slots packed as uint32 little-endian}: one bulk string parses fast.
 _UPSERT = _CHECK_META + """
 local codes, labels = ARGV[5], ARGV[6]
-local n = #ARGV - 6
+local n = (#ARGV - 6) / 3
+if n ~= math.floor(n) then
+  return redis.error_reply('ORBITHASH_INVALID ' .. (#ARGV - 6) .. ' arguments after the labels; ids, metadata '
+    .. 'and thumbnails come one per item each')
+end
 if #codes ~= n * cb then
   return redis.error_reply('ORBITHASH_INVALID ' .. #codes .. ' code bytes for ' .. n .. ' ids of '
     .. cb .. ' bytes')
@@ -60,7 +71,7 @@ if #labels ~= n * 4 then
   return redis.error_reply('ORBITHASH_INVALID ' .. #labels .. ' label bytes for ' .. n .. ' ids')
 end
 -- Validation done: from here on every command is a plain write that cannot fail on its input.
-local slot_of, existing, fresh = {}, 0, {}
+local slot_of, existing, fresh, existed = {}, 0, {}, {}
 for c = 1, n, 1000 do
   local last = math.min(c + 999, n)
   local found = redis.call('HMGET', KEYS[5], unpack(ARGV, 6 + c, 6 + last))
@@ -70,6 +81,7 @@ for c = 1, n, 1000 do
       if found[j] then
         slot_of[id] = tonumber(found[j])
         existing = existing + 1
+        existed[id] = true
       else
         slot_of[id] = false
         fresh[#fresh + 1] = id
@@ -113,6 +125,35 @@ while i <= n do
   for s = i, j do out[s] = struct.pack('<I4', first + s - i) end
   i = j + 1
 end
+-- Metadata and thumbnails by id, the last occurrence of an id winning; an empty one removes what
+-- the replaced item had (a new id has nothing to remove).
+local function store_blobs(key, first_arg)
+  local last, set, del = {}, {}, {}
+  for i = 1, n do last[ARGV[6 + i]] = ARGV[first_arg + i] end
+  for i = 1, n do
+    local id = ARGV[6 + i]
+    local blob = last[id]
+    if blob then
+      last[id] = nil
+      if blob ~= '' then
+        set[#set + 1] = id
+        set[#set + 1] = blob
+      elseif existed[id] then
+        del[#del + 1] = id
+      end
+    end
+    if #set >= 1000 or (i == n and #set > 0) then
+      redis.call('HSET', key, unpack(set))
+      set = {}
+    end
+    if #del >= 1000 or (i == n and #del > 0) then
+      redis.call('HDEL', key, unpack(del))
+      del = {}
+    end
+  end
+end
+store_blobs(KEYS[8], 6 + n)
+store_blobs(KEYS[9], 6 + 2 * n)
 return {existing, table.concat(out)}
 """
 
@@ -130,9 +171,31 @@ for i = 5, #ARGV do
     redis.call('SETRANGE', KEYS[2], tonumber(slot) * cb, zero)
     redis.call('SETRANGE', KEYS[3], tonumber(slot) * 4, none)
     redis.call('RPUSH', KEYS[6], slot)
+    redis.call('HDEL', KEYS[8], id)
+    redis.call('HDEL', KEYS[9], id)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+# ARGV[5..4+n] = distinct ids, ARGV[5+n..4+2n] = their metadata blobs ('' = none). Only stored ids
+# change. Returns one 0/1 per id (1 = updated).
+_UPDATE_METADATA = _CHECK_META + """
+local n = (#ARGV - 4) / 2
+if n ~= math.floor(n) then
+  return redis.error_reply('ORBITHASH_INVALID ' .. (#ARGV - 4) .. ' arguments for ids and their metadata')
+end
+local out = {}
+for i = 1, n do
+  local id, blob = ARGV[4 + i], ARGV[4 + n + i]
+  if redis.call('HEXISTS', KEYS[5], id) == 1 then
+    if blob == '' then redis.call('HDEL', KEYS[8], id) else redis.call('HSET', KEYS[8], id, blob) end
+    out[i] = 1
+  else
+    out[i] = 0
   end
 end
 return out
@@ -149,7 +212,7 @@ if items > 0 then
   return {'mismatch', meta[1] or '', meta[2] or '', items}
 end
 -- Empty shard, absent or other meta: start a fresh layout for this model.
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 redis.call('HSET', KEYS[1], 'bits', ARGV[1], 'model_version', ARGV[2], 'code_bytes', ARGV[3])
 return {'ok'}
 """
@@ -163,6 +226,18 @@ local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 return {reply[1], table.concat(reply[2], '\\255')}
 """
 
+# One HSCAN chunk of a hash of binary values as one string: per entry u16 field length, u32 value
+# length (little-endian), field, value. KEYS[1] = the hash; ARGV = cursor, count.
+_SCAN_BLOBS = """
+local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local out, fields = {}, reply[2]
+for i = 1, #fields, 2 do
+  out[#out + 1] = struct.pack('<I2I4', #fields[i], #fields[i + 1]) .. fields[i] .. fields[i + 1]
+end
+return {reply[1], table.concat(out)}
+"""
+_BLOB_HEADER = struct.Struct("<HI")
+
 def _micros(not_after: float | None) -> str:
     """A script's ``not_after`` argument: microseconds since the epoch, "0" for no limit."""
     return "0" if not_after is None else str(max(1, int(not_after * 1_000_000)))
@@ -174,8 +249,27 @@ _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutO
                 redis.exceptions.TryAgainError)
 
 
+class Loaded(NamedTuple):
+    """Every live item of a shard, by slot (see :meth:`ShardStore.load`)."""
+
+    slots: np.ndarray  # int64, ascending
+    ids: list[str]
+    codes: np.ndarray  # (n, code_bytes) uint8
+    labels: np.ndarray  # int32
+    metadata: list[bytes]  # ``orbithash.metadata.encode`` blobs, b"" where an item has none
+
+
+def _blobs(values: Sequence[bytes] | None, n: int, what: str) -> list[bytes]:
+    """n byte strings (b"" each when ``values`` is None), as the scripts take them."""
+    if values is None:
+        return [b""] * n
+    if len(values) != n or not all(isinstance(v, bytes | bytearray) for v in values):
+        raise InvalidInput(f"{what} must be {n} byte strings, got {len(values)}")
+    return [bytes(v) for v in values]
+
+
 class ShardStore:
-    """Durable codes, labels and ids of one shard, written atomically by Lua scripts."""
+    """Durable codes, labels, ids, metadata and thumbnails of one shard, written atomically by Lua scripts."""
 
     def __init__(self, client: redis.Redis, shard: int, bits: int, model_version: str,
                  namespace: str = "orbithash", probe_client: redis.Redis | None = None) -> None:
@@ -193,14 +287,15 @@ class ShardStore:
         self.model_version = model_version
         self.code_bytes = _code_bytes(bits)
         prefix = f"{namespace}:{{shard-{shard}}}"
-        self.keys = {name: f"{prefix}:{name}" for name in
-                     ("meta", "codes", "labels", "slot_to_id", "id_to_slot", "free", "next_slot")}
+        self.keys = {name: f"{prefix}:{name}" for name in _NAMES}
         self._key_list = list(self.keys.values())
         self._meta_args = [str(bits), model_version, str(self.code_bytes)]
         self._upsert = client.register_script(_UPSERT)
         self._delete = client.register_script(_DELETE)
         self._claim = client.register_script(_CLAIM)
         self._scan_ids = client.register_script(_SCAN_IDS)
+        self._update_metadata = client.register_script(_UPDATE_METADATA)
+        self._scan_blobs = client.register_script(_SCAN_BLOBS)
 
     @contextmanager
     def _redis(self, action: str) -> Iterator[None]:
@@ -232,9 +327,14 @@ class ShardStore:
                            f"{self.bits}-bit codes of model {self.model_version!r}. Delete the shard's keys "
                            f"or point the service at another namespace before re-encoding.")
 
-    def upsert(self, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray,
-               not_after: float | None = None) -> tuple[np.ndarray, int]:
+    def upsert(self, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray, not_after: float | None = None,
+               metadata: Sequence[bytes] | None = None, thumbnails: Sequence[bytes] | None = None
+               ) -> tuple[np.ndarray, int]:
         """Insert or replace items atomically; returns (slot per input id, ids that already existed).
+
+        ``metadata``: one ``orbithash.metadata.encode`` blob per item and ``thumbnails`` one JPEG
+        per item (b"" or None: none); they replace what a replaced item had, in the same script
+        as its code, so an item is never stored without them or with another item's.
 
         ``not_after`` (Unix time, seconds): Redis refuses the script if it runs later than that, so
         a write whose caller timed out while Redis was slow is never applied afterwards.
@@ -248,12 +348,13 @@ class ShardStore:
         codes = np.ascontiguousarray(as_code_array(codes, self.bits, n=n))
         label_blob = check_labels(labels, n).astype("<i4").tobytes()
         encoded = check_ids(ids)  # UTF-8 here, so the client's encoding settings cannot change the keys
+        blobs, thumbs = _blobs(metadata, n, "metadata"), _blobs(thumbnails, n, "thumbnails")
         if n == 0:
             return np.empty(0, np.int64), 0
         with self._redis("writing items"):
             existing, packed = self._upsert(keys=self._key_list,
                                             args=[*self._meta_args, _micros(not_after), codes.tobytes(), label_blob,
-                                                  *encoded])
+                                                  *encoded, *blobs, *thumbs])
         return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
 
     def delete(self, ids: Sequence[str], not_after: float | None = None) -> tuple[list[str], list[str]]:
@@ -270,6 +371,33 @@ class ShardStore:
         missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
         return deleted, missing
 
+    def update_metadata(self, ids: Sequence[str], metadata: Sequence[bytes], not_after: float | None = None
+                        ) -> tuple[list[str], list[str]]:
+        """Replace the metadata blob (b"": none) of stored ids atomically; returns (updated, missing),
+        each id once in input order, the last blob of a repeated id winning. Ids not stored are
+        not created. ``not_after`` as for :meth:`upsert`."""
+        check_ids(ids)
+        blobs = _blobs(metadata, len(ids), "metadata")
+        last = dict(zip(ids, blobs, strict=True))  # insertion order of first appearance, last value
+        if not last:
+            return [], []
+        distinct = list(last)
+        with self._redis("updating metadata"):
+            flags = self._update_metadata(keys=self._key_list, args=[
+                *self._meta_args, _micros(not_after), *[i.encode() for i in distinct], *last.values()])
+        updated = [i for i, f in zip(distinct, flags, strict=True) if f]
+        missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
+        return updated, missing
+
+    def thumbnails(self, ids: Sequence[str]) -> list[bytes]:
+        """The stored thumbnail of each id (b"" where none is stored), read when asked for: the
+        mirror keeps none, as they are the largest thing a shard holds."""
+        if not ids:
+            return []
+        with self._redis("reading thumbnails"):
+            found = self._client.hmget(self.keys["thumbnails"], [i.encode() for i in ids])
+        return [t or b"" for t in found]
+
     def ping(self) -> bool:
         with self._redis("pinging"):
             return bool(self._probe.ping())
@@ -279,13 +407,13 @@ class ShardStore:
         with self._redis("counting items"):
             return int(self._client.hlen(self.keys["id_to_slot"]))
 
-    def load(self, progress: Callable[[int, int], None] | None = None
-             ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-        """Every live item as (slots, ids, codes (n, code_bytes) uint8, labels int32), by slot.
+    def load(self, progress: Callable[[int, int], None] | None = None) -> Loaded:
+        """Every live item as (slots, ids, codes (n, code_bytes) uint8, labels int32, metadata blobs), by slot.
 
-        Reads the ids in HSCAN chunks (no multi-second block of Redis) and codes and labels
-        with one GET each. Meant for start-up, before this shard's process accepts writes: a
-        write racing with the scan could be missed by the mirror (never by Redis).
+        Reads the ids and the metadata in HSCAN chunks (no multi-second block of Redis) and codes
+        and labels with one GET each; thumbnails stay in Redis (see :meth:`thumbnails`). Meant for
+        start-up, before this shard's process accepts writes: a write racing with the scans could
+        be missed by the mirror (never by Redis).
         """
         keys = self.keys
         with self._redis("loading the shard"):
@@ -314,6 +442,7 @@ class ShardStore:
             pipe.get(keys["codes"])
             pipe.get(keys["labels"])
             code_blob, label_blob = pipe.execute()
+            blob_of = self._scan_all_blobs(keys["metadata"])
         all_slots = np.concatenate(slot_parts) if slot_parts else np.empty(0, np.int64)
         all_ids = [i for part in id_parts for i in part]
         # HSCAN may return an entry twice while the hash is rehashing: keep each slot once.
@@ -327,4 +456,20 @@ class ShardStore:
         all_codes = np.frombuffer(code_blob, np.uint8)
         all_codes = all_codes[: len(all_codes) // self.code_bytes * self.code_bytes].reshape(-1, self.code_bytes)
         all_labels = np.frombuffer(label_blob[: len(label_blob) // 4 * 4], "<i4")
-        return slots, ids, all_codes[slots], all_labels[slots].astype(np.int32)
+        metadata = [blob_of.get(i, b"") for i in ids]
+        return Loaded(slots, ids, all_codes[slots], all_labels[slots].astype(np.int32), metadata)
+
+    def _scan_all_blobs(self, key: str) -> dict[str, bytes]:
+        """A hash of id → binary value, read in HSCAN chunks packed server-side (see _SCAN_BLOBS)."""
+        out: dict[str, bytes] = {}
+        cursor = b"0"
+        while True:
+            cursor, chunk = self._scan_blobs(keys=[key], args=[cursor, _BLOB_CHUNK])
+            pos, end = 0, len(chunk)
+            while pos < end:
+                id_size, size = _BLOB_HEADER.unpack_from(chunk, pos)
+                pos += _BLOB_HEADER.size
+                out[chunk[pos:pos + id_size].decode()] = chunk[pos + id_size:pos + id_size + size]
+                pos += id_size + size
+            if cursor == b"0":
+                return out

@@ -174,13 +174,21 @@ class HammingIndex:
             code = self._codes[slot].view(np.uint8)[: self._code_bytes].tobytes()
             return code, int(self._labels[slot])
 
+    def slot(self, id: str) -> int | None:
+        """The slot of a stored id, or None: where slot-indexed data kept beside the index lives."""
+        with self._lock.read():
+            return self._slot_of.get(id)
+
     def search(self, queries: np.ndarray, k: int, max_distance: int | None = None,
-               label: int | None = None, *, strategy: Strategy = "auto") -> list[Result]:
+               label: int | None = None, *, strategy: Strategy = "auto",
+               allowed: np.ndarray | None = None) -> list[Result]:
         """Per query up to k (id, distance, label), by ascending distance then id.
 
         ``strategy``: "auto" probes the MIH tables where they exist and may pay, else scans;
         "scan" and "mih" force one method (tests and benchmarks; "mih" builds the tables
         first if there are none and never gives up). The result does not depend on it.
+        ``allowed``: a bool per slot (slots past its end count as False); only allowed slots are
+        searched, like the label filter, before ranking, so the result is the exact top-k of them.
         """
         q = self._words_of(queries, "queries", None)
         k = check_k(k, MAX_K)
@@ -188,6 +196,9 @@ class HammingIndex:
             raise InvalidInput(f"max_distance must be >= 0, got {max_distance}")
         if strategy not in STRATEGIES:
             raise InvalidInput(f"strategy must be auto, scan or mih, got {strategy!r}")
+        if allowed is not None and (not isinstance(allowed, np.ndarray) or allowed.dtype != np.bool_
+                                    or allowed.ndim != 1):
+            raise InvalidInput(f"allowed must be a 1-D bool array, got {getattr(allowed, 'dtype', type(allowed))}")
         top = TopK(k, self._bits if max_distance is None else min(int(max_distance), self._bits), label)
         if q.shape[0] == 0:
             return []
@@ -197,7 +208,10 @@ class HammingIndex:
             view = self._view()
             if view.end == 0:
                 return [[] for _ in range(q.shape[0])]
-            probed = self._planner.probe(view, q, top, strategy, len(self._slot_of), self._threads)
+            items = len(self._slot_of)
+            if allowed is not None:
+                view, items = _restricted(view, allowed)
+            probed = self._planner.probe(view, q, top, strategy, items, self._threads)
             if probed is None:
                 candidates = scan_candidates(view, q, top, self._threads)
             else:  # scan the queries whose probe gave up
@@ -241,6 +255,16 @@ class HammingIndex:
         padded = np.zeros((arr.shape[0], self._words * 8), np.uint8)
         padded[:, : self._code_bytes] = arr
         return padded.view(np.uint64)
+
+
+def _restricted(view: SlotView, allowed: np.ndarray) -> tuple[SlotView, int]:
+    """The view with only allowed slots live, and how many are: both searches already skip dead
+    slots, so a filter costs one pass over the slots and nothing in the kernels. The planner
+    takes the count as the shard's size, so a narrow filter on a large shard scans."""
+    live = np.zeros(view.end, np.uint8)
+    m = min(view.end, allowed.shape[0])
+    np.logical_and(view.live[:m], allowed[:m], out=live[:m].view(np.bool_))
+    return view._replace(live=live), int(np.count_nonzero(live))
 
 
 def warm_up() -> None:

@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-PACKAGES = ("orbithash", "orbithash_api", "orbithash_serving", "orbithash_local", "encoder_service",
-            "index_service", "gateway")
+PACKAGES = ("orbithash", "orbithash_api", "orbithash_client", "orbithash_cli", "orbithash_serving",
+            "orbithash_local", "encoder_service", "index_service", "gateway")
 SERVICES = ("encoder_service", "index_service", "gateway")
 
 # What each package may import from the project (besides itself).
 MAY_IMPORT = {
     "orbithash": set(),
     "orbithash_api": set(),
+    "orbithash_client": {"orbithash_api"},
+    "orbithash_cli": {"orbithash_client", "orbithash_api"},
     "orbithash_serving": {"orbithash", "orbithash_api"},
     "encoder_service": {"orbithash", "orbithash_api", "orbithash_serving"},
     "index_service": {"orbithash", "orbithash_api", "orbithash_serving"},
@@ -177,6 +179,38 @@ def test_the_contract_needs_only_grpc_and_protobuf() -> None:
     for name in modules():
         if top(name) == "orbithash_api":
             assert {top(t) for t in imports_of(name) if t not in modules()} <= {"grpc", "google", "warnings"}
+
+
+def test_the_client_needs_only_the_contract_grpc_and_protobuf() -> None:
+    """Everything the client can import, lazily or not, is installed by the ``client`` extra."""
+    reached = set().union(*(closure(m) for m in modules() if top(m) == "orbithash_client"))
+    assert {top(m) for m in reached} <= {"orbithash_client", "orbithash_api"}
+    third_party = {top(t) for m in reached for t in imports_of(m) if t not in modules()}
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    assert third_party - stdlib <= {"grpc", "google"}, sorted(third_party - stdlib)
+
+
+def test_the_client_imports_in_a_fresh_interpreter_without_heavy_libraries() -> None:
+    """Confirmed by an interpreter: importing the client (every module of it) loads no torch, ONNX,
+    numba, numpy or hashing library."""
+    code = ("import sys, orbithash_client, orbithash_client.client, orbithash_client._convert;"
+            "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'numba', 'numpy', 'orbithash') if m in sys.modules];"
+            "sys.exit(f'loaded {bad}' if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# What the operator commands (orbithash_cli) may reach besides the client: previews, EXIF and the
+# mosaic (Pillow), the progress bar (tqdm). Never torch, ONNX, numba, numpy or the hashing library.
+CLI_THIRD_PARTY = {"grpc", "google", "PIL", "tqdm"}
+
+
+def test_the_operator_commands_need_only_the_client_pillow_and_tqdm() -> None:
+    reached = set().union(*(closure(m) for m in modules() if top(m) == "orbithash_cli"))
+    assert {top(m) for m in reached} <= {"orbithash_cli", "orbithash_client", "orbithash_api"}
+    third_party = {top(t) for m in reached for t in imports_of(m) if t not in modules()}
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    assert third_party - stdlib <= CLI_THIRD_PARTY, sorted(third_party - stdlib - CLI_THIRD_PARTY)
 
 
 def test_a_service_process_starts_without_torch() -> None:

@@ -11,7 +11,7 @@ from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from index_service.store import ShardStore
+from index_service.store import Loaded, ShardStore
 from orbithash import InvalidInput, Mismatch, Unavailable
 from orbithash.index import HammingIndex
 from orbithash_local.processes import free_port
@@ -22,8 +22,8 @@ def codes_for(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
     return np.packbits(rng.integers(0, 2, (n, bits), dtype=np.uint8), axis=1)
 
 
-def as_dict(loaded: tuple[np.ndarray, list[str], np.ndarray, np.ndarray]) -> dict[str, tuple[int, bytes, int]]:
-    slots, ids, codes, labels = loaded
+def as_dict(loaded: Loaded) -> dict[str, tuple[int, bytes, int]]:
+    slots, ids, codes, labels, _ = loaded
     assert len(slots) == len(ids) == len(codes) == len(labels)
     assert list(slots) == sorted(slots)
     return {i: (int(s), c.tobytes(), int(lab)) for s, i, c, lab in zip(slots, ids, codes, labels, strict=True)}
@@ -137,9 +137,13 @@ def test_a_failing_script_writes_nothing(store: ShardStore, redis_client: redis.
     blob = codes_for(rng, 3, 48).tobytes()[:-1]
     labels = np.array([1, 2, 3], "<i4").tobytes()
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):
-        store._upsert(keys=store._key_list, args=[*store._meta_args, "0", blob, labels, "c", "b", "d"])
+        store._upsert(keys=store._key_list, args=[*store._meta_args, "0", blob, labels, "c", "b", "d", *[b""] * 6])
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):
-        store._upsert(keys=store._key_list, args=[*store._meta_args, "0", blob + b"\0", labels[:-1], "c", "b", "d"])
+        store._upsert(keys=store._key_list,
+                      args=[*store._meta_args, "0", blob + b"\0", labels[:-1], "c", "b", "d", *[b""] * 6])
+    with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):  # a metadata blob short
+        store._upsert(keys=store._key_list,
+                      args=[*store._meta_args, "0", blob + b"\0", labels, "c", "b", "d", *[b""] * 5])
     # The public API refuses bad input before Redis sees it.
     with pytest.raises(InvalidInput):
         store.upsert(["c", "d"], codes_for(rng, 2, 64), np.array([1, 2]))
@@ -167,7 +171,8 @@ def test_padding_bits_are_refused(redis_client: redis.Redis) -> None:
 
 def test_keys_share_one_cluster_hash_slot(store: ShardStore, redis_client: redis.Redis) -> None:
     rng = np.random.default_rng(8)
-    store.upsert(["a", "b"], codes_for(rng, 2, 48), np.array([0, 1]))
+    store.upsert(["a", "b"], codes_for(rng, 2, 48), np.array([0, 1]), metadata=[b"m", b"n"],
+                 thumbnails=[b"t", b"u"])
     store.delete(["a"])
     keys = redis_client.keys("*")
     assert {k.decode() for k in keys} == set(store.keys.values())
@@ -187,7 +192,7 @@ def test_load_many_items_in_chunks_with_progress(redis_client: redis.Redis) -> N
         s.upsert(ids[a:a + 12_000], codes[a:a + 12_000], labels[a:a + 12_000])
     s.delete(ids[::10])
     calls: list[tuple[int, int]] = []
-    slots, got_ids, got_codes, got_labels = s.load(lambda done, total: calls.append((done, total)))
+    slots, got_ids, got_codes, got_labels, _ = s.load(lambda done, total: calls.append((done, total)))
     keep = np.ones(n, bool)
     keep[::10] = False
     assert slots.tolist() == np.flatnonzero(keep).tolist()
@@ -209,7 +214,7 @@ def test_mirror_rebuilt_from_redis_answers_like_the_live_one(store: ShardStore) 
         deleted, _ = store.delete(gone)
         assert sorted(live.remove(deleted)) == sorted(deleted)
     rebuilt = HammingIndex(48)
-    rebuilt.put(*store.load())
+    rebuilt.put(*store.load()[:4])
     queries = codes_for(rng, 6, 48)
     assert len(rebuilt) == len(live) == store.count()
     assert rebuilt.search(queries, 40) == live.search(queries, 40)

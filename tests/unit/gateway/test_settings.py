@@ -22,11 +22,14 @@ def test_defaults_and_addresses() -> None:
     settings = GatewaySettings(shards=" a:1, b:2 ,,")
     assert settings.shard_addresses() == ["a:1", "b:2"]
     assert settings.max_k == 10_000
+    assert settings.thumbnail_size == 0  # off unless asked for
 
 
 @pytest.mark.parametrize("fields", [
     {"max_k": 0}, {"max_k": MAX_K_LIMIT + 1}, {"timeout_s": 0}, {"timeout_s": -1.0}, {"ingest_batch": 0},
     {"startup_timeout_s": 0}, {"shards": ""}, {"shards": " , "}, {"encoder": ""},
+    {"thumbnail_size": -1}, {"thumbnail_size": 1025}, {"max_queries": 0}, {"max_hits": 0}, {"max_ids": 0},
+    {"max_stream_bytes": 1000},
 ])
 def test_out_of_bounds_settings_are_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
