@@ -150,6 +150,49 @@ def sublinear_section(n: int, nq: int, out: dict) -> None:
     row("  same, our linear scan (ms)", scan, theirs, f"speedup {theirs / scan:.2f}x")
 
 
+def memory_section(n: int, out: dict) -> None:
+    """The index's own memory per item (id storage, codes, labels; MIH tables excluded) and load time.
+
+    ``nbytes`` counts the arrays the index holds; tracemalloc counts every allocation it retains
+    (numpy registers its buffers), with the caller's id strings already dropped, as after a reload.
+    """
+    import gc
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    codes, labels, slots = uniform(rng, n, 64), np.zeros(n, np.int32), np.arange(n)
+    ids = [f"item-{i:09d}" for i in range(n)]
+    times = []
+    for _ in range(3):
+        index = HammingIndex(64)
+        t = time.perf_counter()
+        index.put(slots, ids, codes, labels)
+        times.append(time.perf_counter() - t)
+    probe = [ids[i] for i in rng.integers(0, n, 100_000).tolist()]
+    t = time.perf_counter()
+    for item_id in probe:
+        index.get(item_id)
+    get_us = (time.perf_counter() - t) / len(probe) * 1e6
+    del index, ids, probe
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    index = HammingIndex(64)
+    index.put(slots, [f"item-{i:09d}" for i in range(n)], codes, labels)
+    gc.collect()
+    retained = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    out["bytes_per_item_index"] = round(index.nbytes / n, 1)
+    out["bytes_per_item_traced"] = round(retained / n, 1)
+    out["put_s"] = round(min(times), 3)
+    out["get_us"] = round(get_us, 2)
+    row(f"{n // 1000}k x 64-bit, index arrays (bytes/item)", out["bytes_per_item_index"], "",
+        "ids 'item-%09d', MIH excluded; budget 64")
+    row("  tracemalloc retained after load (bytes/item)", out["bytes_per_item_traced"])
+    row(f"  put {n // 1000}k into an empty index (s)", out["put_s"], "", "min of 3")
+    row("  get one id (us)", out["get_us"], "", "read lock + lookup + code copy")
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -249,6 +292,7 @@ def main() -> None:
     out: dict = {}
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; faiss {faiss.__version__}")
     print(f"  {'measure':<44} {'ours':>10} {'faiss':>10}")
+    memory_section(n_flat, out)
     flat_section(n_flat, 400, out)
     sublinear_section(n_sub, 200, out)
     if not args.skip_rpc:

@@ -21,7 +21,8 @@ import numpy as np
 
 from orbithash import InvalidInput
 from orbithash.bits import code_bytes
-from orbithash.codes import as_code_array, check_bits, check_ids, check_k, check_labels
+from orbithash.codes import as_code_array, check_bits, check_k, check_labels
+from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids
 from orbithash.index.mih import Tables
 from orbithash.index.planner import STRATEGIES, MihPlanner, Strategy
 from orbithash.index.pool import cpu_count
@@ -52,8 +53,7 @@ class HammingIndex:
         self._codes = np.zeros((capacity, self._words), np.uint64)
         self._labels = np.full(capacity, -1, np.int32)
         self._live = np.zeros(capacity, np.uint8)
-        self._ids: list[str | None] = [None] * capacity
-        self._slot_of: dict[str, int] = {}
+        self._ids = IdTable(capacity)  # slot -> id and id -> slot, columnar (``orbithash.index.ids``)
         self._end = 0  # one past the highest slot ever used: the scan range
         self._lock = ReadWriteLock()
         self._planner = MihPlanner(self._lock, self._view)
@@ -70,11 +70,21 @@ class HammingIndex:
     def capacity(self) -> int:
         return self._codes.shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the slot arrays and the id storage, as allocated (MIH tables excluded)."""
+        return self._codes.nbytes + self._labels.nbytes + self._live.nbytes + self._ids.nbytes
+
+    @property
+    def _slot_of(self) -> _SlotOf:
+        """id -> slot as a read-only mapping (tests and debugging; ``slot`` is the API)."""
+        return _SlotOf(self)
+
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return len(self._ids)
 
     def __contains__(self, id: object) -> bool:
-        return id in self._slot_of
+        return self.slot(id) is not None  # type: ignore[arg-type]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -93,59 +103,37 @@ class HammingIndex:
             return
         if int(slots.min()) < 0:
             raise InvalidInput("slots must be >= 0")
-        check_ids(ids)
-        # Repeated slots: the last write wins, as in the Redis store.
-        _, last_rev = np.unique(slots[::-1], return_index=True)
-        last = n - 1 - last_rev
+        if int(slots.max()) > MAX_SLOTS:
+            raise InvalidInput(f"slots must be <= {MAX_SLOTS}")
+        keys, ends = encode_ids(ids)  # checked as orbithash.codes.check_ids does
+        # Repeated slots: the last write wins, as in the Redis store (a load comes in slot order).
+        last = None  # where a slot repeats: the position of each slot's last write
+        if n > 1 and not bool(np.all(slots[1:] > slots[:-1])):
+            _, last_rev = np.unique(slots[::-1], return_index=True)
+            if last_rev.shape[0] < n:
+                last = n - 1 - last_rev
         with self._lock.write():
             self._grow(int(slots.max()) + 1)
-            slot_of, owner, live = self._slot_of, self._ids, self._live
-            if not slot_of and len(last) == n:  # bulk load into an empty mirror: no moves possible
-                fresh = dict(zip(ids, slots.tolist(), strict=True))
-                if len(fresh) == n:
-                    self._slot_of = fresh
-                    for id, slot in fresh.items():
-                        owner[slot] = id
-                    live[slots] = 1
-                    self._codes[slots] = packed
-                    self._labels[slots] = labels
-                    self._end = max(self._end, int(slots.max()) + 1)
-                    self._planner.written(slots)
-                    return
-            for slot, id in zip(slots.tolist(), ids, strict=True):
-                old = slot_of.get(id)
-                if old is not None and old != slot:
-                    owner[old] = None
-                    live[old] = 0
-                previous = owner[slot]
-                if previous is not None and previous != id:
-                    del slot_of[previous]  # the store gave this slot away: its old id is gone
-                owner[slot] = id
-                slot_of[id] = slot
-                live[slot] = 1
-            self._codes[slots[last]] = packed[last]
-            self._labels[slots[last]] = labels[last]
+            # In order: an id that moves frees its old slot; an id that held a slot the store gave
+            # away is gone; the live flags follow.
+            self._ids.put(slots, keys, ends, self._live)
+            if last is not None:
+                slots, packed, labels = slots[last], packed[last], labels[last]
+            self._codes[slots] = packed
+            self._labels[slots] = labels
             self._end = max(self._end, int(slots.max()) + 1)
-            self._planner.written(slots[last])
+            self._planner.written(slots)
 
     def remove(self, ids: Sequence[str]) -> list[str]:
         """Forget items; returns the ids that were present (each once)."""
-        removed: list[str] = []
         with self._lock.write():
-            for id in ids:
-                slot = self._slot_of.pop(id, None)
-                if slot is not None:
-                    self._ids[slot] = None
-                    self._live[slot] = 0
-                    removed.append(id)
-        return removed
+            return self._ids.remove(ids, self._live)  # type: ignore[return-value]
 
     def clear(self) -> None:
         """Drop every item (before a full reload from Redis)."""
         with self._lock.write():
             self._live[:] = 0
-            self._ids = [None] * self.capacity
-            self._slot_of.clear()
+            self._ids.clear()
             self._end = 0
             self._planner.reset()
 
@@ -161,14 +149,14 @@ class HammingIndex:
         live = np.zeros(new, np.uint8)
         live[:old] = self._live
         self._codes, self._labels, self._live = codes, labels, live
-        self._ids.extend([None] * (new - old))
+        self._ids.grow(new)
 
     # -- reads ------------------------------------------------------------------------------
 
     def get(self, id: str) -> tuple[bytes, int] | None:
         """(code bytes, label) of a stored id, or None."""
         with self._lock.read():
-            slot = self._slot_of.get(id)
+            slot = self._ids.slot(id)
             if slot is None:
                 return None
             code = self._codes[slot].view(np.uint8)[: self._code_bytes].tobytes()
@@ -177,7 +165,7 @@ class HammingIndex:
     def slot(self, id: str) -> int | None:
         """The slot of a stored id, or None: where slot-indexed data kept beside the index lives."""
         with self._lock.read():
-            return self._slot_of.get(id)
+            return self._ids.slot(id)
 
     def search(self, queries: np.ndarray, k: int, max_distance: int | None = None,
                label: int | None = None, *, strategy: Strategy = "auto",
@@ -208,7 +196,7 @@ class HammingIndex:
             view = self._view()
             if view.end == 0:
                 return [[] for _ in range(q.shape[0])]
-            items = len(self._slot_of)
+            items = len(self._ids)
             if allowed is not None:
                 view, items = _restricted(view, allowed)
             probed = self._planner.probe(view, q, top, strategy, items, self._threads)
@@ -235,17 +223,17 @@ class HammingIndex:
         Candidates are usually about k; only a huge tie group at the cut (many equal codes) is
         first narrowed with a partition and a heap, so ranking never sorts the shard.
         """
-        ids = self._ids
         if slots.shape[0] > 4 * k + 256:
             cut = int(np.partition(dist, k - 1)[k - 1])
             below = dist < cut
-            tied = slots[dist == cut].tolist()
-            chosen = heapq.nsmallest(k - int(np.count_nonzero(below)), [ids[s] for s in tied])
-            slot_of = self._slot_of
-            slots = np.concatenate([slots[below], np.array([slot_of[i] for i in chosen], np.int64)])
+            tied = slots[dist == cut]
+            chosen = heapq.nsmallest(k - int(np.count_nonzero(below)),
+                                     zip(self._ids.ids(tied), tied.tolist(), strict=True))
+            slots = np.concatenate([slots[below], np.array([s for _, s in chosen], np.int64)])
             dist = np.concatenate([dist[below], np.full(len(chosen), cut, np.int32)])
         sl = slots.tolist()
-        keyed = sorted(zip(dist.tolist(), [ids[s] for s in sl], sl, strict=True))[:k]
+        # Ids compare as str, which orders them as their UTF-8 bytes (code point order).
+        keyed = sorted(zip(dist.tolist(), self._ids.ids(slots), sl, strict=True))[:k]
         labels = self._labels[np.array([s for _, _, s in keyed], np.int64)].tolist()
         return [(i, d, lab) for (d, i, _), lab in zip(keyed, labels, strict=True)]
 
@@ -255,6 +243,29 @@ class HammingIndex:
         padded = np.zeros((arr.shape[0], self._words * 8), np.uint8)
         padded[:, : self._code_bytes] = arr
         return padded.view(np.uint64)
+
+
+class _SlotOf:
+    """A read-only id -> slot mapping over an index (each lookup takes the read lock)."""
+
+    def __init__(self, index: HammingIndex) -> None:
+        self._index = index
+
+    def __getitem__(self, id: str) -> int:
+        slot = self._index.slot(id)
+        if slot is None:
+            raise KeyError(id)
+        return slot
+
+    def get(self, id: str, default: int | None = None) -> int | None:
+        slot = self._index.slot(id)
+        return default if slot is None else slot
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 def _restricted(view: SlotView, allowed: np.ndarray) -> tuple[SlotView, int]:
