@@ -1,9 +1,10 @@
-"""The ``orbithash`` command: demo, up, down, train, evaluate."""
+"""The ``orbithash`` command: demo, up, down, train, evaluate; ingest, search, get, delete, info (operators)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -33,12 +34,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def exposure_warning(host: str, port: int | str) -> str | None:
+    """What to tell the operator when the gateway serves beyond loopback (it has no TLS and no client
+    tokens yet), or None on loopback."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    where = "every interface" if host in ("0.0.0.0", "") else host
+    return (f"WARNING: the gateway listens on {where} (port {port}) WITHOUT TLS and WITHOUT client tokens: "
+            "anyone who can reach that port can search, ingest and delete items, and sees the traffic in the "
+            "clear. Use it only on a trusted network, or put a TLS-terminating, authenticating proxy in front.")
+
+
 def _up(args: argparse.Namespace) -> int:
     from orbithash_local.cluster import Cluster, ClusterConfig
 
     config = ClusterConfig(model_repository=args.model_repository, work_dir=args.work_dir, shards=args.shards,
-                           use_triton=not args.embedded, gateway_port=args.port, supervise=True,
-                           metrics_port=args.metrics_port)
+                           use_triton=not args.embedded, gateway_port=args.port, gateway_host=args.host,
+                           supervise=True, metrics_port=args.metrics_port)
     (args.work_dir / "logs").mkdir(parents=True, exist_ok=True)
     launcher_log = logging.FileHandler(args.work_dir / "logs" / "launcher.log")
     launcher_log.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -47,9 +63,15 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with Cluster(config) as cluster:
-        print(json.dumps(cluster.endpoints(), indent=2))
-        print(f"OrbitHash is up: gateway on {cluster.endpoints()['gateway']}. "
-              "Ctrl-C or `orbithash down` stops it.", flush=True)
+        endpoints = cluster.endpoints()
+        print(json.dumps(endpoints, indent=2))
+        warning = exposure_warning(args.host, str(endpoints["gateway"]).rsplit(":", 1)[1])
+        if warning:
+            logging.getLogger("orbithash.cluster").warning(warning)
+            print(warning, file=sys.stderr, flush=True)
+        print(f"OrbitHash is up: gateway on {endpoints.get('gateway_bind', endpoints['gateway'])}"
+              + (" (NO TLS, NO TOKENS: see the warning above)" if warning else "")
+              + ". Ctrl-C or `orbithash down` stops it.", flush=True)
         stop.wait()
         print("stopping…", flush=True)
     return 0
@@ -213,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     up.add_argument("--shards", type=int, default=2)
     up.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="address the gateway binds (default loopback; 0.0.0.0: every interface). The other "
+                         "services stay on loopback. Beyond loopback the gateway has no TLS and no tokens: "
+                         "a warning says so")
     up.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
     up.add_argument("--metrics-port", type=int, default=0,
                     help="the launcher's own /metrics (restarts, children up) on loopback (0: a free one)")
@@ -248,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bits-list", default="16,32,48,64")
     evaluate.add_argument("--out", type=Path, default=DEFAULT_EVAL, help="report.json and PNG plots go here")
     evaluate.set_defaults(func=_evaluate)
+
+    # Operator commands (ingest, search, get, delete, info): their module holds only argument
+    # definitions; the client, Pillow and tqdm are imported when one of them runs.
+    from orbithash_cli.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

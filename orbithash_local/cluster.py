@@ -37,6 +37,12 @@ from orbithash_local.triton import TritonServer
 
 log = logging.getLogger("orbithash.cluster")
 STATE_FILE = "cluster.json"
+LOOPBACK = "127.0.0.1"
+
+
+def connect_host(bind_host: str) -> str:
+    """Where this machine reaches a server bound to ``bind_host`` (loopback for the wildcard)."""
+    return LOOPBACK if bind_host in ("0.0.0.0", "") else bind_host
 
 
 @dataclass
@@ -47,7 +53,9 @@ class ClusterConfig:
     shards: int = 2
     use_triton: bool = True
     gateway_port: int = 0
+    gateway_host: str = LOOPBACK  # the address the gateway binds (`orbithash up --host`); the others stay on loopback
     max_k: int = 10_000
+    thumbnail_size: int = 128  # JPEG thumbnails stored with each item (0: none); the services' own default is off
     startup_timeout_s: float = 180.0
     supervise: bool = False  # restart children that exit (``orbithash up``); off for tests that crash them
     backoff: Backoff = field(default_factory=Backoff)
@@ -81,18 +89,20 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
 
 
 def start_service(name: str, package: ModuleType, args: list[str], log_dir: Path, port: int = 0,
-                  timeout: float = 180.0, checkout: Path | None = None) -> ServiceProcess:
+                  timeout: float = 180.0, checkout: Path | None = None, host: str = LOOPBACK) -> ServiceProcess:
     """``python -m <package>`` on a free (or the given) port, waited on until health says SERVING.
 
     The service is passed as its imported package, so the dependency shows in the imports.
     ``checkout``: run the service from another checkout of this repository (a before/after bench).
+    ``host``: the address it binds (gRPC and /metrics); its ``address`` is where this machine reaches it.
     """
     port = port or free_port()
     metrics_port = free_port()
-    argv = [sys.executable, "-m", package.__name__, "--port", str(port), "--metrics-port", str(metrics_port), *args]
+    argv = [sys.executable, "-m", package.__name__, "--port", str(port), "--metrics-port", str(metrics_port),
+            *(["--host", host] if host != LOOPBACK else []), *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **({"PYTHONPATH": str(checkout)} if checkout else {}))
     process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env, cwd=checkout)
-    address = f"127.0.0.1:{port}"
+    address = f"{connect_host(host)}:{port}"
     process.wait_ready(lambda: grpc_serving(address), timeout)
     log.info("%s SERVING on %s (metrics :%d)", name, address, metrics_port)
     return ServiceProcess(name, address, metrics_port, process, argv)
@@ -128,9 +138,10 @@ class Cluster:
 
     # -- starting ------------------------------------------------------------------------------
 
-    def _service(self, name: str, package: ModuleType, args: list[str], port: int = 0) -> ServiceProcess:
+    def _service(self, name: str, package: ModuleType, args: list[str], port: int = 0,
+                 host: str = LOOPBACK) -> ServiceProcess:
         return start_service(name, package, args, self.config.work_dir / "logs", port,
-                             self.config.startup_timeout_s)
+                             self.config.startup_timeout_s, host=host)
 
     def start(self) -> None:
         cfg = self.config
@@ -149,7 +160,8 @@ class Cluster:
                 self.shards.append(self._service(f"shard-{shard}", index_service, self._shard_args(shard)))
             self.gateway = self._service("gateway", gateway, [
                 "--encoder", self.encoder.address, "--shards", ",".join(s.address for s in self.shards),
-                "--max-k", str(cfg.max_k)], port=cfg.gateway_port)
+                "--max-k", str(cfg.max_k), "--thumbnail-size", str(cfg.thumbnail_size)],
+                port=cfg.gateway_port, host=cfg.gateway_host)
             if cfg.supervise:
                 self._supervise()
             self._write_state()
@@ -187,7 +199,9 @@ class Cluster:
         out: dict[str, object] = {}
         if self.gateway:
             out["gateway"] = self.gateway.address
-            out["gateway_metrics"] = f"http://127.0.0.1:{self.gateway.metrics_port}/metrics"
+            out["gateway_metrics"] = f"http://{connect_host(self.config.gateway_host)}:{self.gateway.metrics_port}/metrics"
+            if self.config.gateway_host != LOOPBACK:
+                out["gateway_bind"] = f"{self.config.gateway_host}:{self.gateway.address.rsplit(':', 1)[1]}"
         if self.encoder:
             out["encoder"] = self.encoder.address
             out["encoder_metrics"] = f"http://127.0.0.1:{self.encoder.metrics_port}/metrics"

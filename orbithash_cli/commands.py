@@ -1,0 +1,174 @@
+"""The operator commands' arguments and their dispatch; standard library only.
+
+``add_commands`` registers ``ingest``, ``search``, ``get``, ``delete`` and ``info`` on a subparsers
+object (the ``orbithash`` command's, or ``python -m orbithash_cli``'s). Each command's module, and
+with it the gRPC client, Pillow and tqdm, is imported only when that command runs.
+
+The gateway is ``--gateway HOST:PORT``, else ``$ORBITHASH_GATEWAY``, else the gateway of the
+cluster ``orbithash up`` runs from the current folder (``runs/cluster/cluster.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from orbithash_cli import INTERRUPTED, OK, CliError, UsageError
+
+GATEWAY_ENV = "ORBITHASH_GATEWAY"
+_NEGATIVE_NUMBERS = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")  # -5, -0.5, -120,30,-110,40
+CLUSTER_STATE = Path("runs") / "cluster" / "cluster.json"  # where `orbithash up` records its endpoints
+
+EXIT_CODES = """exit codes: 0 everything done; 1 done except what was reported (files skipped, ids not
+found, a partial answer, an unhealthy shard) or the gateway failed; 2 usage error: the command line or
+an input file is wrong, or the gateway refused the request as it is (nothing changed); 3 the gateway
+cannot be reached; 130 interrupted (Ctrl-C)"""
+
+
+def resolve_gateway(given: str | None) -> str:
+    if given:
+        return given
+    if os.environ.get(GATEWAY_ENV):
+        return os.environ[GATEWAY_ENV]
+    if CLUSTER_STATE.is_file():
+        try:
+            return str(json.loads(CLUSTER_STATE.read_text())["endpoints"]["gateway"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    raise UsageError(f"which gateway? give --gateway HOST:PORT or set ${GATEWAY_ENV} "
+                     f"(no running `orbithash up` recorded in {CLUSTER_STATE})")
+
+
+def connect(address: str | None):  # -> orbithash_client.OrbitHashClient
+    from orbithash_cli.remote import connect as remote_connect
+
+    return remote_connect(resolve_gateway(address))
+
+
+def _runner(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        command = getattr(importlib.import_module(f"orbithash_cli.{module}"), function)
+        from orbithash_cli.remote import cli_error
+        from orbithash_client import OrbitHashClientError
+
+        try:
+            return int(command(args, connect))
+        except (CliError, OrbitHashClientError) as exc:
+            error = cli_error(exc)
+            print(f"orbithash {args.command}: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            print(f"orbithash {args.command}: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        except BrokenPipeError:  # `orbithash search … | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return OK
+
+    return run
+
+
+def _gateway_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", metavar="HOST:PORT", default=None,
+                   help=f"the gateway (default: ${GATEWAY_ENV}, else the one `orbithash up` runs from here)")
+
+
+def _ids_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--ids-from", metavar="FILE", default=None, help="more ids, one per line ('-': standard input)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _gateway_option(p)
+
+
+def add_commands(sub) -> None:  # sub: argparse._SubParsersAction
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    ingest = sub.add_parser(
+        "ingest", help="send images (folders, zip files, globs) to the gateway, resumably",
+        formatter_class=formatter, epilog=EXIT_CODES + "\n\nids are paths relative to the root given (a folder, a "
+        "zip file, or a glob's fixed part); see docs/ground-station.md")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="folder (recursive), zip file, image, or glob pattern")
+    _gateway_option(ingest)
+    ingest.add_argument("--id-prefix", default="", help="put this before every id (e.g. 'station-a/')")
+    ingest.add_argument("--labels-from-folders", action="store_true",
+                        help="ImageFolder layout: an image's class is its folder's name, which must be a class of "
+                             "the served model")
+    ingest.add_argument("--metadata", action="append", type=Path, metavar="FILE",
+                        help="scene metadata sidecar, .csv or .geojson (repeatable)")
+    ingest.add_argument("--streams", type=int, default=4, help="concurrent ingest calls (default 4)")
+    ingest.add_argument("--batch", type=int, default=16,
+                        help="images per ingest call (default 16; fewer when they would exceed --batch-mb)")
+    ingest.add_argument("--batch-mb", type=float, default=64.0,
+                        help="megabytes of image files per ingest call (default 64; a larger file goes alone)")
+    ingest.add_argument("--journal", type=Path, default=None,
+                        help="journal of acknowledged ids (default: .orbithash-journal/ beside the first PATH)")
+    ingest.add_argument("--restart", action="store_true", help="forget the journal and send everything again")
+    ingest.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                        help="a bad file: report it and go on (skip, default) or stop the run (fail)")
+    ingest.add_argument("--retry-s", type=float, default=30.0,
+                        help="keep retrying an unreachable gateway this many seconds (default 30)")
+    ingest.add_argument("--timeout", type=float, default=120.0, help="deadline of one ingest call, seconds")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument("--json", action="store_true", help="end with a JSON summary on standard output")
+    ingest.set_defaults(func=_runner("ingest", "command"))
+
+    search = sub.add_parser(
+        "search", help="similar scenes for images, stored ids or codes; a table, JSON or a mosaic PNG",
+        formatter_class=formatter, epilog=EXIT_CODES)
+    search.add_argument("images", nargs="*", metavar="IMAGE", help="query images (JPEG, PNG, TIFF)")
+    search.add_argument("--id", action="append", metavar="ID", help="query with a stored item's code (repeatable)")
+    search.add_argument("--code", action="append", metavar="HEX", help="query with a packed code (repeatable)")
+    search.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
+    search.add_argument("--radius", type=int, default=None, help="only hits within this Hamming distance")
+    search.add_argument("--label", default=None, help="only hits of this class (name or index)")
+    search.add_argument("--rerank", action="store_true", help="re-rank image queries by their real-valued output")
+    search.add_argument("--from", dest="acquired_from", metavar="TIME", help="acquired at or after (ISO-8601)")
+    search.add_argument("--until", dest="acquired_until", metavar="TIME", help="acquired before (ISO-8601)")
+    search.add_argument("--bbox", metavar="W,S,E,N", help="footprint intersects this box (degrees)")
+    search.add_argument("--within", metavar="W,S,E,N", help="centre inside this box (degrees)")
+    search.add_argument("--sensor", action="append", help="sensor is one of these (repeatable)")
+    search.add_argument("--attr", action="append", metavar="KEY=VALUE", help="attribute equals (repeatable)")
+    search.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    search.add_argument("--mosaic", metavar="OUT.png", default=None,
+                        help="also write a PNG: each query beside its hits, captioned")
+    search.add_argument("--images-root", metavar="DIR|ZIP", default=None,
+                        help="originals for the mosaic where the server stores no thumbnail (path = id)")
+    search.add_argument("--id-prefix", default="", help="the --id-prefix the images were ingested with")
+    _gateway_option(search)
+    # West and south are negative: let "--bbox -120,30,-110,40" read "-120,…" as the value, not as an
+    # option (argparse does that only for plain negative numbers; "--bbox=-120,…" always works).
+    if hasattr(search, "_negative_number_matcher"):
+        search._negative_number_matcher = _NEGATIVE_NUMBERS
+    search.set_defaults(func=_runner("search", "command"))
+
+    get = sub.add_parser("get", help="stored items by id: class, shard, metadata", epilog=EXIT_CODES)
+    _ids_options(get)
+    get.set_defaults(func=_runner("admin", "get_command"))
+
+    delete = sub.add_parser("delete", help="delete stored items by id (asks first unless --yes)", epilog=EXIT_CODES)
+    _ids_options(delete)
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(func=_runner("admin", "delete_command"))
+
+    info = sub.add_parser("info", help="the served model, shards, item counts and health", epilog=EXIT_CODES)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    _gateway_option(info)
+    info.set_defaults(func=_runner("admin", "info_command"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orbithash_cli",
+                                     description="OrbitHash operator commands (docs/ground-station.md)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

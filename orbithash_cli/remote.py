@@ -1,0 +1,40 @@
+"""The commands' one door to the network: a client of the gateway and what its errors mean here.
+
+Exit codes by the client's exceptions: UNAVAILABLE and DEADLINE_EXCEEDED (after the client's own
+retries) → 3, the gateway is unreachable; INVALID_ARGUMENT, OUT_OF_RANGE and RESOURCE_EXHAUSTED → 2,
+the request was refused as it is (nothing changed); anything else (NOT_FOUND, FAILED_PRECONDITION,
+INTERNAL) → 1 with the server's message.
+"""
+
+from __future__ import annotations
+
+from orbithash_cli import CliError, GatewayUnreachable, UsageError
+from orbithash_client import (
+    DeadlineExceeded,
+    InvalidArgument,
+    OrbitHashClient,
+    OrbitHashClientError,
+    ResourceExhausted,
+    Unavailable,
+)
+
+REFUSED = (InvalidArgument, ResourceExhausted)
+UNREACHABLE = (Unavailable, DeadlineExceeded)
+TIMEOUT_S = 60.0  # each call's deadline, retries included (an ingest batch has its own, --timeout)
+
+
+def connect(address: str) -> OrbitHashClient:
+    return OrbitHashClient(address, timeout=TIMEOUT_S)
+
+
+def cli_error(exc: BaseException) -> CliError:
+    """The one-line error a command ends with, carrying its exit code."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, UNREACHABLE):
+        return GatewayUnreachable(f"the gateway cannot be reached: {exc.message}")
+    if isinstance(exc, REFUSED):
+        return UsageError(f"refused by the gateway: {exc.message}")
+    if isinstance(exc, OrbitHashClientError):
+        return CliError(f"the gateway answered {exc.code.name if exc.code else 'an error'}: {exc.message}")
+    return CliError(f"{type(exc).__name__}: {exc}")
