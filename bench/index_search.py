@@ -205,6 +205,9 @@ def rpc_section(n: int, out: dict) -> None:
     import grpc
 
     import index_service
+    from gateway.clients import ShardClient
+    from gateway.core import ShardQuery
+    from gateway.merge import merge_topk
     from orbithash_api.v1 import orbithash_pb2 as pb
     from orbithash_api.v1 import orbithash_pb2_grpc as rpc
     from orbithash_local.cluster import start_service
@@ -237,19 +240,42 @@ def rpc_section(n: int, out: dict) -> None:
                 queries = uniform(rng, 250, bits)
                 search = [pb.ShardSearchRequest(codes=[q.tobytes()], k=100, bits=bits, model_version=version)
                           for q in queries]
+                packed = [pb.ShardSearchRequest(codes=[q.tobytes()], k=100, bits=bits, model_version=version,
+                                                packed=True) for q in queries]
                 for request in search[:50]:  # warm-up; lets a shard >= MIH_MIN_ITEMS build its tables
                     stub.Search(request, timeout=30)
                 time.sleep(3)
-                times = []
-                for request in search[50:]:
-                    t = time.perf_counter()
-                    reply = stub.Search(request, timeout=30)
-                    times.append(time.perf_counter() - t)
-                    assert len(reply.results[0].hits) == 100
-            out["rpc_p50_ms"] = round(float(np.percentile(times, 50)) * 1e3, 3)
-            out["rpc_p99_ms"] = round(float(np.percentile(times, 99)) * 1e3, 3)
-            row(f"gRPC Search {n // 1000}k, 1 query, k=100, p50 (ms)", out["rpc_p50_ms"], "", "200 queries, loopback")
+                times, times_old, times_client, times_client_old = [], [], [], []
+                shard_client, shard_client_old = ShardClient(0, address), ShardClient(0, address, packed=False)
+                # Paired: each query asked both ways, the order alternating, so load drifts hit both alike.
+                for j, (request, old) in enumerate(zip(packed[50:], search[50:], strict=True)):
+                    for ask in ((request, old) if j % 2 else (old, request)):
+                        t = time.perf_counter()
+                        reply = stub.Search(ask, timeout=30)
+                        (times if ask.packed else times_old).append(time.perf_counter() - t)
+                        hit_count = len(reply.packed[0].distances) // 4 if ask.packed else len(reply.results[0].hits)
+                        assert hit_count == 100
+                    query = ShardQuery(codes=tuple(request.codes), k=100, bits=bits, model_version=version)
+                    for c in ((shard_client, shard_client_old) if j % 2 else (shard_client_old, shard_client)):
+                        t = time.perf_counter()
+                        hits = merge_topk(c.search(query, 30), 100)
+                        (times_client if c.packed else times_client_old).append(time.perf_counter() - t)
+                        assert len(hits) == 100
+                shard_client.close()
+                shard_client_old.close()
+            for key, ts in (("rpc", times), ("rpc_unpacked", times_old), ("rpc_client", times_client),
+                            ("rpc_client_unpacked", times_client_old)):
+                out[f"{key}_p50_ms"] = round(float(np.percentile(ts, 50)) * 1e3, 3)
+                out[f"{key}_p99_ms"] = round(float(np.percentile(ts, 99)) * 1e3, 3)
+            row(f"gRPC Search {n // 1000}k, 1 query, k=100, p50 (ms)", out["rpc_p50_ms"], "",
+                "200 queries, loopback, packed hits")
             row(f"gRPC Search {n // 1000}k, 1 query, k=100, p99 (ms)", out["rpc_p99_ms"])
+            row("  same, one Hit message per hit, p50 / p99 (ms)",
+                f"{out['rpc_unpacked_p50_ms']:.3f} / {out['rpc_unpacked_p99_ms']:.3f}", "",
+                "the answer before issue 14")
+            row("  gateway ShardClient.search + merge to 100 Hit, p50 / p99 (ms)",
+                f"{out['rpc_client_p50_ms']:.3f} / {out['rpc_client_p99_ms']:.3f}", "",
+                f"unpacked {out['rpc_client_unpacked_p50_ms']:.3f} / {out['rpc_client_unpacked_p99_ms']:.3f}")
             out["bytes_per_item_shard"] = round((rss_bytes(shard.pid) - rss_before) / n, 1)
             out["bytes_per_item_redis"] = round((int(client.info("memory")["used_memory"]) - redis_before) / n, 1)
             out["n_rpc"] = n
@@ -287,14 +313,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--skip-rpc", action="store_true", help="no redis-server / gRPC part")
+    parser.add_argument("--rpc-only", action="store_true", help="only the redis-server / gRPC part")
     args = parser.parse_args()
     n_flat, n_sub, n_rpc = (100_000, 1_000_000, 100_000) if args.quick else (1_000_000, 10_000_000, 1_000_000)
     out: dict = {}
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; faiss {faiss.__version__}")
     print(f"  {'measure':<44} {'ours':>10} {'faiss':>10}")
-    memory_section(n_flat, out)
-    flat_section(n_flat, 400, out)
-    sublinear_section(n_sub, 200, out)
+    if not args.rpc_only:
+        memory_section(n_flat, out)
+        flat_section(n_flat, 400, out)
+        sublinear_section(n_sub, 200, out)
     if not args.skip_rpc:
         rpc_section(n_rpc, out)
     out["load_avg"] = round(os.getloadavg()[0], 2)

@@ -14,10 +14,10 @@ import grpc
 
 from gateway.convert import (
     encoding_from_pb,
-    hit_from_pb,
     item_from_pb,
     item_to_pb,
     shard_search_request_to_pb,
+    shard_search_response_from_pb,
     shard_update_request_to_pb,
 )
 from gateway.core import (
@@ -25,6 +25,7 @@ from gateway.core import (
     Encoder,
     Encoding,
     Hit,
+    HitColumns,
     MetadataUpdate,
     ShardQuery,
     ShardStats,
@@ -102,16 +103,22 @@ class EncoderClient:
 class ShardClient:
     """One index shard over its own channel, which reconnects quickly after the shard restarts."""
 
-    def __init__(self, shard: int, address: str) -> None:
+    def __init__(self, shard: int, address: str, packed: bool = True) -> None:
         self.address = address
+        self.packed = packed  # ask for hits column-wise (False: one message per hit, as before)
         self._name = f"index shard {shard} at {address}"
         self._channel = grpc.insecure_channel(address, options=SHARD_CHANNEL_OPTIONS)
         self._stub = rpc.IndexShardStub(self._channel)
 
-    def search(self, query: ShardQuery, timeout: float) -> list[list[Hit]]:
+    def search(self, query: ShardQuery, timeout: float) -> list[list[Hit]] | list[HitColumns]:
+        """Hits column-wise (``HitColumns``) when the shard packs them, as objects with metadata or
+        thumbnails or from a shard that predates packing."""
         with _domain_errors(self._name):
-            reply = self._stub.Search(shard_search_request_to_pb(query), timeout=timeout)
-        return [[hit_from_pb(h) for h in hits.hits] for hits in reply.results]
+            reply = self._stub.Search(shard_search_request_to_pb(query, self.packed), timeout=timeout)
+        try:
+            return shard_search_response_from_pb(reply)
+        except ValueError as exc:
+            raise Unavailable(f"{self._name}: {exc}") from exc
 
     def get(self, ids: Sequence[str], timeout: float, with_metadata: bool = False,
             with_thumbnails: bool = False) -> list[StoredItem]:

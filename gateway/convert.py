@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
+
 from gateway.core import (
     ByCode,
     ById,
@@ -16,6 +18,7 @@ from gateway.core import (
     Encoding,
     GetResult,
     Hit,
+    HitColumns,
     Info,
     IngestItem,
     IngestSummary,
@@ -168,17 +171,40 @@ def hit_from_pb(hit: pb.Hit) -> Hit:
 # -- calls to the index shards (gateway.clients) ---------------------------------------------------
 
 
-def shard_search_request_to_pb(query: ShardQuery) -> pb.ShardSearchRequest:
+def shard_search_request_to_pb(query: ShardQuery, packed: bool = True) -> pb.ShardSearchRequest:
+    """``packed``: ask for the hits column-wise (used only without metadata and thumbnails)."""
     request = pb.ShardSearchRequest(codes=query.codes, k=query.k, bits=query.bits,
                                     model_version=query.model_version, u=query.u, candidates=query.candidates,
                                     filter=None if query.filter is None else filter_to_pb(query.filter),
                                     with_metadata=query.with_metadata,
-                                    with_thumbnails=query.with_thumbnails)
+                                    with_thumbnails=query.with_thumbnails,
+                                    packed=packed and not (query.with_metadata or query.with_thumbnails))
     if query.max_distance is not None:
         request.max_distance = query.max_distance
     if query.label is not None:
         request.label = query.label
     return request
+
+
+def shard_search_response_from_pb(reply: pb.ShardSearchResponse) -> list[list[Hit]] | list[HitColumns]:
+    """One answer per query code: columns when the shard packed them, else hit objects."""
+    if len(reply.packed):
+        return [hit_columns_from_pb(p) for p in reply.packed]
+    return [[hit_from_pb(h) for h in hits.hits] for hits in reply.results]
+
+
+def hit_columns_from_pb(packed: pb.PackedHits) -> HitColumns:
+    """Arrays over the message's bytes (no object per hit); a malformed message is refused."""
+    distances = np.frombuffer(packed.distances, "<u4")
+    n = distances.shape[0]
+    id_ends = np.frombuffer(packed.id_ends, "<u4")
+    labels = np.frombuffer(packed.labels, "<i4")
+    scores = np.frombuffer(packed.scores, "<f4") if packed.scores else np.zeros(n, np.float32)
+    bounds = [0, *id_ends.tolist()]
+    if id_ends.shape[0] != n or labels.shape[0] != n or scores.shape[0] != n or bounds[-1] != len(packed.ids):
+        raise ValueError(f"packed hits of shard {packed.shard} are inconsistent: {n} distances, "
+                         f"{id_ends.shape[0]} id ends, {labels.shape[0]} labels, {len(packed.scores)} score bytes")
+    return HitColumns(packed.shard, packed.ids, bounds, distances, labels, scores)
 
 
 def item_to_pb(item: StoredItem) -> pb.Item:

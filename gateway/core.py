@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol, TypeVar
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.merge import merge_topk
@@ -111,6 +112,52 @@ class Hit:
     score: float = 0.0
     metadata: SceneMeta | None = None  # when asked for (with_metadata)
     thumbnail: bytes = b""  # when asked for (with_thumbnails) and stored
+
+
+@dataclass(frozen=True, eq=False)
+class HitColumns:
+    """One shard's hits for one query code, column-wise, in the shard's order (ascending distance,
+    or score when re-ranked, ties by id bytewise): what a shard answers without one object per hit.
+    :func:`gateway.merge.merge_topk` merges them on the arrays and builds a :class:`Hit` only for
+    the hits it keeps. No metadata or thumbnails: hits with those come as lists of :class:`Hit`."""
+
+    shard: int
+    ids: bytes              # the ids' UTF-8 bytes, concatenated
+    id_bounds: list[int]    # hit j's id is ids[id_bounds[j]:id_bounds[j + 1]]; one more than the hits
+    distances: np.ndarray   # uint32
+    labels: np.ndarray      # int32
+    scores: np.ndarray      # float32, 0 when not re-ranked
+
+    def __len__(self) -> int:
+        return int(self.distances.shape[0])
+
+    def keys(self, by_score: bool) -> np.ndarray:
+        return self.scores if by_score else self.distances
+
+    def id_bytes(self, j: int) -> bytes:
+        return self.ids[self.id_bounds[j]:self.id_bounds[j + 1]]
+
+    @staticmethod
+    def take(answers: Sequence[HitColumns], which: Sequence[int], positions: Sequence[int]) -> list[Hit]:
+        """Hit objects for hit ``positions[i]`` of ``answers[which[i]]``, in that order."""
+        cols = [(a.ids, a.id_bounds, a.distances.tolist(), a.labels.tolist(), a.scores.tolist(), a.shard)
+                for a in answers]
+        if len(cols) == 1:
+            ids, bounds, dist, lab, score, shard = cols[0]
+            return [Hit(ids[bounds[j]:bounds[j + 1]].decode(), dist[j], lab[j], shard, score[j]) for j in positions]
+        out = []
+        for s, j in zip(which, positions, strict=True):
+            ids, bounds, dist, lab, score, shard = cols[s]
+            out.append(Hit(ids[bounds[j]:bounds[j + 1]].decode(), dist[j], lab[j], shard, score[j]))
+        return out
+
+    def hits(self) -> list[Hit]:
+        n = len(self)
+        return HitColumns.take([self], [0] * n, range(n))
+
+
+# A shard's answer for one query code: hits as objects (with metadata or thumbnails, and fakes) or as columns.
+ShardHits = Sequence[Hit] | HitColumns
 
 
 @dataclass(frozen=True)
@@ -259,7 +306,7 @@ class Shard(Protocol):
     @property
     def address(self) -> str: ...
 
-    def search(self, query: ShardQuery, timeout: float) -> list[list[Hit]]: ...
+    def search(self, query: ShardQuery, timeout: float) -> list[ShardHits]: ...
 
     def get(self, ids: Sequence[str], timeout: float, with_metadata: bool = False,
             with_thumbnails: bool = False) -> list[StoredItem]: ...

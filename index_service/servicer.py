@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 
 from index_service.shard import Shard, ShardHit
 from orbithash.metadata import SceneMeta
@@ -20,6 +21,18 @@ def _metadata_pb(meta: SceneMeta | None) -> pb.SceneMetadata | None:
 def _hit_pb(h: ShardHit, shard: int) -> pb.Hit:
     return pb.Hit(id=h.id, distance=h.distance, label=h.label, shard=shard, score=h.score,
                   metadata=_metadata_pb(h.metadata), thumbnail=h.thumbnail)
+
+
+def _packed_pb(hits: list[ShardHit], shard: int, reranked: bool) -> pb.PackedHits:
+    """The hits column-wise: raw little-endian arrays and one blob of ids, no message per hit."""
+    n = len(hits)
+    ids = [h.id.encode() for h in hits]
+    ends = np.fromiter(map(len, ids), np.uint32, n).cumsum(dtype=np.uint32)
+    return pb.PackedHits(
+        shard=shard, ids=b"".join(ids), id_ends=ends.astype("<u4", copy=False).tobytes(),
+        distances=np.fromiter((h.distance for h in hits), "<u4", n).tobytes(),
+        labels=np.fromiter((h.label for h in hits), "<i4", n).tobytes(),
+        scores=np.fromiter((h.score for h in hits), "<f4", n).tobytes() if reranked else b"")
 
 
 class IndexShardServicer(rpc.IndexShardServicer):
@@ -47,6 +60,9 @@ class IndexShardServicer(rpc.IndexShardServicer):
             filter_from_pb(request.filter) if request.HasField("filter") else None,
             request.with_metadata, request.with_thumbnails)
         shard = self._shard.shard
+        if request.packed and not (request.with_metadata or request.with_thumbnails):
+            reranked = len(request.u) > 0
+            return pb.ShardSearchResponse(packed=[_packed_pb(hits, shard, reranked) for hits in results])
         return pb.ShardSearchResponse(results=[pb.HitList(hits=[_hit_pb(h, shard) for h in hits]) for hits in results])
 
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:

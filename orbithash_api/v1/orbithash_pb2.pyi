@@ -384,7 +384,7 @@ class AddResponse(_message.Message):
     def __init__(self, added: _Optional[int] = ..., replaced: _Optional[int] = ...) -> None: ...
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("codes", "k", "max_distance", "label", "bits", "model_version", "u", "candidates", "filter", "with_metadata", "with_thumbnails")
+    __slots__ = ("codes", "k", "max_distance", "label", "bits", "model_version", "u", "candidates", "filter", "with_metadata", "with_thumbnails", "packed")
     CODES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -396,6 +396,7 @@ class ShardSearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     WITH_METADATA_FIELD_NUMBER: _ClassVar[int]
     WITH_THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     codes: _containers.RepeatedScalarFieldContainer[bytes]
     k: int
     max_distance: int
@@ -407,7 +408,8 @@ class ShardSearchRequest(_message.Message):
     filter: SearchFilter
     with_metadata: bool
     with_thumbnails: bool
-    def __init__(self, codes: _Optional[_Iterable[bytes]] = ..., k: _Optional[int] = ..., max_distance: _Optional[int] = ..., label: _Optional[int] = ..., bits: _Optional[int] = ..., model_version: _Optional[str] = ..., u: _Optional[_Iterable[float]] = ..., candidates: _Optional[int] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ..., with_metadata: _Optional[bool] = ..., with_thumbnails: _Optional[bool] = ...) -> None: ...
+    packed: bool
+    def __init__(self, codes: _Optional[_Iterable[bytes]] = ..., k: _Optional[int] = ..., max_distance: _Optional[int] = ..., label: _Optional[int] = ..., bits: _Optional[int] = ..., model_version: _Optional[str] = ..., u: _Optional[_Iterable[float]] = ..., candidates: _Optional[int] = ..., filter: _Optional[_Union[SearchFilter, _Mapping]] = ..., with_metadata: _Optional[bool] = ..., with_thumbnails: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class HitList(_message.Message):
     __slots__ = ("hits",)
@@ -415,11 +417,29 @@ class HitList(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
+class PackedHits(_message.Message):
+    __slots__ = ("shard", "ids", "id_ends", "distances", "labels", "scores")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ID_ENDS_FIELD_NUMBER: _ClassVar[int]
+    DISTANCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    ids: bytes
+    id_ends: bytes
+    distances: bytes
+    labels: bytes
+    scores: bytes
+    def __init__(self, shard: _Optional[int] = ..., ids: _Optional[bytes] = ..., id_ends: _Optional[bytes] = ..., distances: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., scores: _Optional[bytes] = ...) -> None: ...
+
 class ShardSearchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[HitList]
-    def __init__(self, results: _Optional[_Iterable[_Union[HitList, _Mapping]]] = ...) -> None: ...
+    packed: _containers.RepeatedCompositeFieldContainer[PackedHits]
+    def __init__(self, results: _Optional[_Iterable[_Union[HitList, _Mapping]]] = ..., packed: _Optional[_Iterable[_Union[PackedHits, _Mapping]]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()
