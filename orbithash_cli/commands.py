@@ -1,6 +1,6 @@
 """The operator commands' arguments and their dispatch; standard library only.
 
-``add_commands`` registers ``ingest``, ``search``, ``get``, ``delete`` and ``info`` on a subparsers
+``add_commands`` registers ``ingest``, ``search``, ``get``, ``delete``, ``info`` and ``loadtest`` on a subparsers
 object (the ``orbithash`` command's, or ``python -m orbithash_cli``'s). Each command's module, and
 with it the gRPC client, Pillow and tqdm, is imported only when that command runs.
 
@@ -159,6 +159,36 @@ def add_commands(sub) -> None:  # sub: argparse._SubParsersAction
     info.add_argument("--json", action="store_true", help="print JSON")
     _gateway_option(info)
     info.set_defaults(func=_runner("admin", "info_command"))
+
+    _add_loadtest(sub, formatter)
+
+
+def _add_loadtest(sub, formatter) -> None:  # sub: argparse._SubParsersAction
+    loadtest = sub.add_parser(
+        "loadtest", help="a closed-loop load of searches and ingests: QPS, p50/p90/p99, errors by code",
+        formatter_class=formatter, epilog="exit codes: 0 no request failed; 1 some failed (counted by status "
+        "code); 2 usage error; 3 the gateway cannot be reached; 130 interrupted. See docs/end-to-end.md")
+    loadtest.add_argument("--target", "--gateway", dest="gateway", metavar="HOST:PORT", default=None,
+                          help=f"the gateway (default: ${GATEWAY_ENV}, else the one `orbithash up` runs from here)")
+    loadtest.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                          help="query and ingest images: files, folders, zip files or globs (up to 256 are used)")
+    loadtest.add_argument("--concurrency", "-c", type=int, default=4, help="worker threads, one client each (4)")
+    length = loadtest.add_mutually_exclusive_group()
+    length.add_argument("--duration", type=float, default=None, help="measured seconds (default 10)")
+    length.add_argument("--requests", "-n", type=int, default=None, help="measured requests in all")
+    loadtest.add_argument("--mix", default="search-image=6,search-id=2,search-code=1,ingest=1",
+                          help="request kinds and weights: search-image, search-id, search-code, ingest "
+                               "(default search-image=6,search-id=2,search-code=1,ingest=1)")
+    loadtest.add_argument("--warmup", type=float, default=1.0, help="seconds of load sent but not recorded (1)")
+    loadtest.add_argument("--timeout", type=float, default=10.0, help="deadline of each request, seconds (10)")
+    loadtest.add_argument("--retries", type=int, default=0, help="client retries after UNAVAILABLE (0: count them)")
+    loadtest.add_argument("-k", type=int, default=10, help="hits per search (10)")
+    loadtest.add_argument("--ingest-batch", type=int, default=1, help="images per ingest request (1)")
+    loadtest.add_argument("--id-prefix", default=None,
+                          help="ids of what the run stores (default loadtest-<random>/)")
+    loadtest.add_argument("--keep", action="store_true", help="do not delete what the run stored")
+    loadtest.add_argument("--seed", type=int, default=0, help="seed of the request choices")
+    loadtest.set_defaults(func=_runner("loadtest", "command"))
 
 
 def build_parser() -> argparse.ArgumentParser:

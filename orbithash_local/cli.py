@@ -1,4 +1,4 @@
-"""The ``orbithash`` command: demo, up, down, train, evaluate; ingest, search, get, delete, info (operators)."""
+"""The ``orbithash`` command: demo, up, down, train, evaluate; ingest, search, get, delete, info, loadtest."""
 
 from __future__ import annotations
 
