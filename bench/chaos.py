@@ -238,10 +238,11 @@ class Worker(threading.Thread):
         trailing = dict(err.trailing_metadata() or ())
         if INGEST_SUMMARY_KEY in trailing:  # the gateway says exactly what was stored
             summary = pb.IngestSummary.FromString(trailing[INGEST_SUMMARY_KEY])
-            failed = set(summary.failed_shards)
-            stored = [i for i in ids if shard_for(i, self.oracle.shards) not in failed]
-            self.oracle.set(stored, PRESENT)
-            self.oracle.set([i for i in ids if i not in stored], NEVER)
+            failed, uncertain = set(summary.failed_shards), set(summary.uncertain_shards)
+            home = {i: shard_for(i, self.oracle.shards) for i in ids}
+            self.oracle.set([i for i in ids if home[i] not in failed], PRESENT)
+            self.oracle.set([i for i in ids if home[i] in failed - uncertain], NEVER)
+            # items of a shard that broke off mid-write stay ambiguous: the summary says it cannot know
         elif err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
             self.oracle.set(ids, NEVER)
             if not bad:

@@ -33,7 +33,7 @@ from gateway.core import (
     UpdateResult,
     Written,
 )
-from orbithash import InvalidInput, Mismatch, NotFound, OrbitHashError, ResourceExhausted, Unavailable
+from orbithash import InvalidInput, Mismatch, NotFound, NotSent, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.model_facts import ModelFacts
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
@@ -65,6 +65,9 @@ def domain_error(exc: grpc.RpcError, service: str) -> OrbitHashError:
     kind = _CLIENT_ERRORS.get(code)
     if kind is not None:
         return kind(details)
+    lowered = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in lowered or "connection refused" in lowered):
+        return NotSent(f"{service}: {code.name} {details}".rstrip())  # no connection: the call was never sent
     return Unavailable(f"{service}: {code.name} {details}".rstrip())
 
 

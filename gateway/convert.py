@@ -122,7 +122,8 @@ def ingest_item_from_pb(item: pb.IngestItem) -> IngestItem:
 
 def ingest_summary_to_pb(summary: IngestSummary) -> pb.IngestSummary:
     return pb.IngestSummary(ingested=summary.ingested, replaced=summary.replaced, per_shard=summary.per_shard,
-                            received=summary.received, failed_shards=summary.failed_shards)
+                            received=summary.received, failed_shards=summary.failed_shards,
+                            uncertain_shards=summary.uncertain_shards)
 
 
 def delete_response_to_pb(result: DeleteResult) -> pb.DeleteResponse:

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.merge import merge_topk
 from gateway.placement import shard_for
-from orbithash import InvalidInput, NotFound, OrbitHashError, ResourceExhausted, Unavailable
+from orbithash import InvalidInput, Mismatch, NotFound, NotSent, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.codes import as_code_array, check_id, check_ids, check_k, rerank_pool, shown
 from orbithash.metadata import SceneFilter, SceneMeta, check_filter, check_scene, check_thumbnail
 from orbithash.model_facts import ModelFacts
@@ -189,6 +189,7 @@ class IngestSummary:
     replaced: int = 0
     per_shard: list[int] = field(default_factory=list)
     failed_shards: list[int] = field(default_factory=list)
+    uncertain_shards: list[int] = field(default_factory=list)  # failed mid-write: may have stored their items
 
 
 class IngestIncomplete(OrbitHashError):
@@ -672,6 +673,7 @@ class Gateway:
                 self._ingested.inc(written.added)
             if errors:
                 summary.failed_shards = sorted(errors)
+                summary.uncertain_shards = sorted(s for s, exc in errors.items() if not _certainly_unwritten(exc))
                 raise IngestIncomplete(self._incomplete(errors, summary), summary)
         return summary
 
@@ -681,9 +683,17 @@ class Gateway:
         if not isinstance(cause, OrbitHashError):
             raise cause
         stored = ", ".join(f"shard {s}: {n}" for s, n in enumerate(summary.per_shard) if n) or "none"
-        message = (f"stored {summary.ingested} of {summary.received} items ({stored}); "
-                   f"shard(s) {', '.join(map(str, sorted(errors)))} failed and the rest was not stored "
-                   f"(shard {first}: {cause}). Ingest replaces by id: send the stream again to finish")
+        certain = [s for s in sorted(errors) if s not in summary.uncertain_shards]
+        parts = []
+        if certain:
+            parts.append(f"shard(s) {', '.join(map(str, certain))} refused or could not be reached: their items "
+                         "were not stored")
+        if summary.uncertain_shards:
+            parts.append(f"shard(s) {', '.join(map(str, summary.uncertain_shards))} broke off mid-write: their items "
+                         "may or may not be stored")
+        message = (f"stored {summary.ingested} of {summary.received} items for certain ({stored}); "
+                   f"{'; '.join(parts)}; later rounds were not sent (shard {first}: {cause}). Ingest replaces by "
+                   "id: send the stream again to finish")
         return type(cause)(message)
 
     def update_metadata(self, updates: Sequence[MetadataUpdate], remaining: float | None) -> UpdateResult:
@@ -752,6 +762,12 @@ class Gateway:
         return Info(self.facts, [ShardInfo(shard, s.address, answers.get(shard, unknown).count,
                                            answers.get(shard, unknown).ready)
                                  for shard, s in enumerate(self.shards)])
+
+
+def _certainly_unwritten(exc: Exception) -> bool:
+    """A shard write that failed without applying anything: refused before its Lua script (the
+    request itself), or never sent. A call that broke off or timed out may have been applied."""
+    return isinstance(exc, NotSent | InvalidInput | Mismatch | ResourceExhausted)
 
 
 _IMAGE_AT = re.compile(r"^image (\d+): ")

@@ -30,6 +30,11 @@ class Unavailable(OrbitHashError):
     """A dependency (Triton, Redis, a shard) cannot be reached (maps to UNAVAILABLE)."""
 
 
+class NotSent(Unavailable):
+    """A dependency could not be reached at all: the request never left this process, so it
+    certainly changed nothing there (maps to UNAVAILABLE)."""
+
+
 class DeadlineExceeded(Unavailable):
     """The caller's deadline passed before the work was done; nothing of it was applied
     (maps to DEADLINE_EXCEEDED). A kind of Unavailable: to a fan-out it is a late shard."""

@@ -278,18 +278,20 @@ class IngestItem(_message.Message):
     def __init__(self, id: _Optional[str] = ..., image: _Optional[bytes] = ..., label: _Optional[int] = ..., metadata: _Optional[_Union[SceneMetadata, _Mapping]] = ...) -> None: ...
 
 class IngestSummary(_message.Message):
-    __slots__ = ("ingested", "replaced", "per_shard", "received", "failed_shards")
+    __slots__ = ("ingested", "replaced", "per_shard", "received", "failed_shards", "uncertain_shards")
     INGESTED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     PER_SHARD_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     FAILED_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAIN_SHARDS_FIELD_NUMBER: _ClassVar[int]
     ingested: int
     replaced: int
     per_shard: _containers.RepeatedScalarFieldContainer[int]
     received: int
     failed_shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, ingested: _Optional[int] = ..., replaced: _Optional[int] = ..., per_shard: _Optional[_Iterable[int]] = ..., received: _Optional[int] = ..., failed_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+    uncertain_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ingested: _Optional[int] = ..., replaced: _Optional[int] = ..., per_shard: _Optional[_Iterable[int]] = ..., received: _Optional[int] = ..., failed_shards: _Optional[_Iterable[int]] = ..., uncertain_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("ids",)

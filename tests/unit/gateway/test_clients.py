@@ -10,7 +10,7 @@ import pytest
 
 from gateway.clients import domain_error, wait_for_model
 from gateway.core import Encoding
-from orbithash import InvalidInput, Mismatch, NotFound, ResourceExhausted, Unavailable
+from orbithash import InvalidInput, Mismatch, NotFound, NotSent, ResourceExhausted, Unavailable
 from orbithash.model_facts import ModelFacts
 
 FACTS = ModelFacts(name="m", version="v1", bits=64, class_names=("a", "b"), input_size=32,
@@ -63,9 +63,18 @@ def test_client_errors_keep_their_meaning_and_message(code: grpc.StatusCode, kin
                                   grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
                                   grpc.StatusCode.UNIMPLEMENTED])
 def test_every_other_status_means_the_service_is_down(code: grpc.StatusCode) -> None:
-    error = domain_error(FailedCall(code, "connection refused"), "index shard 1 at s:1")
+    error = domain_error(FailedCall(code, "Socket closed"), "index shard 1 at s:1")
     assert type(error) is Unavailable
-    assert str(error) == f"index shard 1 at s:1: {code.name} connection refused"
+    assert str(error) == f"index shard 1 at s:1: {code.name} Socket closed"
+
+
+@pytest.mark.parametrize("details", ["failed to connect to all addresses; last error: UNKNOWN: "
+                                     "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused",
+                                     "connection refused"])
+def test_a_call_that_never_connected_is_not_sent(details: str) -> None:
+    """The request never left the gateway, so it changed nothing: a write's summary may say so."""
+    error = domain_error(FailedCall(grpc.StatusCode.UNAVAILABLE, details), "index shard 1 at s:1")
+    assert type(error) is NotSent and isinstance(error, Unavailable)
 
 
 def test_an_rpc_error_without_a_status_is_unavailable() -> None:

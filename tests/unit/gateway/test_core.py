@@ -32,7 +32,7 @@ from gateway.core import (
     Written,
 )
 from gateway.placement import shard_for
-from orbithash import InvalidInput, Mismatch, NotFound, ResourceExhausted, Unavailable
+from orbithash import InvalidInput, Mismatch, NotFound, NotSent, ResourceExhausted, Unavailable
 from orbithash.bits import codes_to_pm1, pack_signs, unpack_codes
 from orbithash.codes import rerank_pool
 from orbithash.metadata import MAX_THUMBNAIL_BYTES, Box, LonLat, SceneFilter, SceneMeta
@@ -141,7 +141,8 @@ class FakeShard:
         self.updates: list[list[MetadataUpdate]] = []
         self.ready = True
         self.wrong_lists = False  # answer one hit list too many (a broken shard)
-        self.fail_add_after = -1  # >= 0: the add calls after this many succeed fail with Unavailable
+        self.fail_add_after = -1  # >= 0: the add calls after this many succeed fail with add_error
+        self.add_error: Exception = Unavailable(f"index shard {shard}: UNAVAILABLE Socket closed")
 
     @property
     def address(self) -> str:
@@ -198,7 +199,7 @@ class FakeShard:
     def add(self, items: Sequence[StoredItem], bits: int, model_version: str, timeout: float) -> Written:
         self._enter("add", timeout)
         if self.fail_add_after == 0:
-            raise Unavailable(f"index shard {self.shard}: UNAVAILABLE Redis down")
+            raise self.add_error
         self.fail_add_after -= 1
         assert (bits, model_version) == (FACTS.bits, FACTS.version)
         replaced = sum(i.id in self.items for i in items)
@@ -457,11 +458,26 @@ def test_a_shard_failing_mid_ingest_is_told_with_exactly_what_was_stored() -> No
     assert summary.failed_shards == [1] and summary.received == 60
     assert summary.per_shard == [len(s.items) for s in c.shards]  # exactly what the shards hold
     assert summary.ingested == stored_count(c) == 5 * 3 + 5 * 2  # two rounds on 0 and 2, one on shard 1
-    assert f"stored {summary.ingested} of 60 items" in str(raised.value.error)
+    assert f"stored {summary.ingested} of 60 items for certain" in str(raised.value.error)
     assert "send the stream again" in str(raised.value.error)
+    # the call broke off: the shard may have applied it, and the summary says it cannot know
+    assert summary.uncertain_shards == [1] and "shard(s) 1 broke off mid-write" in str(raised.value.error)
     c.shards[1].fail_add_after = -1
     again = c.gateway.ingest(iter(items), None)  # re-sending finishes the job
     assert again.ingested == 60 and again.replaced == summary.ingested and stored_count(c) == 60
+
+
+@pytest.mark.parametrize("error", [NotSent("index shard 1: UNAVAILABLE failed to connect to all addresses"),
+                                   InvalidInput("item 0: bad"), Mismatch("shard 1 holds 64-bit codes")])
+def test_a_shard_that_never_applied_its_write_is_certain(error: Exception) -> None:
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, write_batch=5))
+    c.shards[1].fail_add_after, c.shards[1].add_error = 0, error
+    with pytest.raises(IngestIncomplete) as raised:
+        c.gateway.ingest((IngestItem(f"item-{i:03d}", image(i)) for i in range(30)), None)
+    summary = raised.value.summary
+    assert summary.failed_shards == [1] and summary.uncertain_shards == []
+    assert "shard(s) 1 refused or could not be reached: their items were not stored" in str(raised.value.error)
+    assert not c.shards[1].items
 
 
 def test_delete_is_grouped_by_shard() -> None:
