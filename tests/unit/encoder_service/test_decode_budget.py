@@ -6,28 +6,17 @@ import io
 import threading
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from support.encoders import ZeroBackend, facts
 
 from encoder_service.budget import MemoryBudget
 from encoder_service.encoder import DecodePolicy, Encoder, EncoderMetrics
 from orbithash import InvalidInput, ResourceExhausted
 from orbithash.images import DecodeLimits, read_header
-from orbithash.model_facts import ModelFacts
 
-FACTS = ModelFacts("m", "v1", 16, ("a", "b"), 8, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
-
-
-class ZeroBackend:
-    facts = FACTS
-
-    def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return np.ones((len(batch), 16), np.float32), np.zeros((len(batch), 2), np.float32)
-
-    def ready(self) -> bool:
-        return True
+FACTS = facts(8)
 
 
 def png(side: int) -> bytes:
@@ -37,7 +26,7 @@ def png(side: int) -> bytes:
 
 
 def encoder(threads: int = 2, **policy: object) -> Encoder:
-    return Encoder(ZeroBackend(), 4, 16, EncoderMetrics(CollectorRegistry()), threads, DecodePolicy(**policy))
+    return Encoder(ZeroBackend(FACTS), 4, 16, EncoderMetrics(CollectorRegistry()), threads, DecodePolicy(**policy))
 
 
 def test_budget_waits_for_room_then_gives_up() -> None:

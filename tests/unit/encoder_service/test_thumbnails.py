@@ -8,23 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from support.encoders import ZeroBackend, facts
 
 from encoder_service.encoder import Encoder, EncoderMetrics
 from encoder_service.thumbnails import MAX_THUMBNAIL_SIZE, thumbnail
 from orbithash import InvalidInput
-from orbithash.model_facts import ModelFacts
 
-FACTS = ModelFacts("m", "v1", 16, ("a", "b"), 32, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
-
-
-class ZeroBackend:
-    facts = FACTS
-
-    def infer(self, batch: np.ndarray, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return np.ones((len(batch), 16), np.float32), np.zeros((len(batch), 2), np.float32)
-
-    def ready(self) -> bool:
-        return True
+FACTS = facts(32)
 
 
 def image(width: int, height: int, colour: tuple[int, int, int], kind: str = "PNG") -> bytes:
@@ -34,7 +24,7 @@ def image(width: int, height: int, colour: tuple[int, int, int], kind: str = "PN
 
 
 def encoder() -> Encoder:
-    return Encoder(ZeroBackend(), 4, 16, EncoderMetrics(CollectorRegistry()), 2)
+    return Encoder(ZeroBackend(FACTS), 4, 16, EncoderMetrics(CollectorRegistry()), 2)
 
 
 def test_thumbnails_keep_the_aspect_ratio_and_the_colours() -> None:
