@@ -220,7 +220,9 @@ def rpc_section(n: int, out: dict) -> None:
         redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
         shard = None
         try:
-            args = ["--redis-url", redis_server.url, "--bits", str(bits), "--model-version", version]
+            user, password_file = redis_server.shard_credentials(0)
+            args = ["--redis-url", redis_server.url, "--redis-username", user, "--redis-password-file",
+                    str(password_file), "--bits", str(bits), "--model-version", version]
             service = start_service("shard", index_service, args, Path(tmp), timeout=120)
             shard, address = service.process, service.address
             client = redis_server.client()

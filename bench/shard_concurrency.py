@@ -76,8 +76,10 @@ def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
         redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
         shard = None
         try:
-            shard = start_service("shard", index_service, ["--redis-url", redis_server.url, "--bits", str(BITS),
-                                                           "--model-version", VERSION], Path(tmp), checkout=checkout)
+            user, password_file = redis_server.shard_credentials(0)
+            args = ["--redis-url", redis_server.url, "--redis-username", user, "--redis-password-file",
+                    str(password_file), "--bits", str(BITS), "--model-version", VERSION]
+            shard = start_service("shard", index_service, args, Path(tmp), checkout=checkout)
             address = shard.address
             with grpc.insecure_channel(address) as channel:
                 fill(rpc.IndexShardStub(channel), n, rng)

@@ -7,7 +7,7 @@ import sys
 
 from prometheus_client import CollectorRegistry
 
-from encoder_service.backends import InferenceBackend, OnnxRuntimeBackend, TritonBackend
+from encoder_service.backends import InferenceBackend, OnnxRuntimeBackend, TritonBackend, TritonTls
 from encoder_service.encoder import DecodePolicy, Encoder, EncoderMetrics
 from encoder_service.servicer import EncoderServicer
 from encoder_service.settings import EncoderSettings
@@ -19,8 +19,16 @@ from orbithash_serving.server import GrpcServer, run_service, service_name
 
 def build_backend(settings: EncoderSettings) -> InferenceBackend:
     if settings.triton_url:
-        return TritonBackend(settings.triton_url, settings.model_name, settings.triton_timeout_s)
+        return TritonBackend(settings.triton_url, settings.model_name, settings.triton_timeout_s,
+                             triton_tls(settings))
     return OnnxRuntimeBackend(model_path(settings.model_repository, settings.model_name), settings.threads)
+
+
+def triton_tls(settings: EncoderSettings) -> TritonTls | None:
+    """The encoder's own identity (tls_cert/tls_key) is its client certificate towards Triton."""
+    if not settings.triton_tls or settings.tls_ca is None:
+        return None
+    return TritonTls(settings.tls_ca, settings.tls_cert, settings.tls_key)
 
 
 def decode_policy(settings: EncoderSettings) -> DecodePolicy:

@@ -7,6 +7,7 @@ and return ``(u, logits)`` for a batch of N×3×S×S uint8 pixels (the model nor
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
 
@@ -68,10 +69,30 @@ def triton_channel_args(tgrpc: ModuleType) -> list[tuple[str, int]]:
     ]
 
 
-class TritonBackend:
-    """Triton over gRPC (KServe v2). One shared channel; the client is thread-safe for infer."""
+@dataclass(frozen=True)
+class TritonTls:
+    """TLS to Triton: ``ca`` verifies Triton's certificate; ``cert``/``key`` (both or neither) are the
+    client identity that Triton's mutual TLS requires. PEM file paths, read once when connecting."""
 
-    def __init__(self, url: str, model_name: str, timeout_s: float) -> None:
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate and its key go together")
+
+    def client_kwargs(self) -> dict[str, object]:
+        return {"ssl": True, "root_certificates": self.ca, "private_key": self.key, "certificate_chain": self.cert}
+
+
+class TritonBackend:
+    """Triton over gRPC (KServe v2). One shared channel; the client is thread-safe for infer.
+
+    With ``tls`` the channel is TLS (tritonclient's ``ssl`` options); the reconnect backoff's
+    ``channel_args`` apply to secure channels alike."""
+
+    def __init__(self, url: str, model_name: str, timeout_s: float, tls: TritonTls | None = None) -> None:
         import tritonclient.grpc as tgrpc
         from tritonclient.utils import InferenceServerException
 
@@ -79,7 +100,11 @@ class TritonBackend:
         self._error = InferenceServerException
         self._model = model_name
         self._timeout = timeout_s
-        self._client = tgrpc.InferenceServerClient(url=url, channel_args=triton_channel_args(tgrpc))
+        security = tls.client_kwargs() if tls else {}
+        try:
+            self._client = tgrpc.InferenceServerClient(url=url, channel_args=triton_channel_args(tgrpc), **security)
+        except OSError as exc:
+            raise Unavailable(f"cannot read a TLS file for Triton: {exc}") from exc
         self._lock = threading.Lock()
         try:
             if not self._client.is_model_ready(model_name, client_timeout=timeout_s):

@@ -15,6 +15,9 @@ class EncoderSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ORBITHASH_ENCODER_")
 
     triton_url: str | None = Field(None, description="Triton gRPC host:port; unset: in-process ONNX Runtime")
+    triton_tls: bool = Field(False, description=(
+        "TLS to Triton, verifying it with tls_ca and presenting tls_cert/tls_key (when set) as client "
+        "identity for mutual TLS"))
     model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, description="model name in the repository / on Triton")
     model_repository: str = Field("model_repository", description="repository read by the embedded backend")
     max_batch: int = Field(32, ge=1, le=4096, description="images per inference request")
@@ -34,6 +37,12 @@ class EncoderSettings(ServiceSettings):
         "waits for room up to decode_wait_s, then its request gets RESOURCE_EXHAUSTED"))
     decode_wait_s: float = Field(2.0, ge=0, le=60, description=(
         "how long an image may wait for decode memory held by other requests"))
+
+    @model_validator(mode="after")
+    def _triton_tls_can_verify(self) -> EncoderSettings:
+        if self.triton_tls and self.tls_ca is None:
+            raise ValueError("triton_tls needs tls_ca (the CA that signs Triton's certificate)")
+        return self
 
     @model_validator(mode="after")
     def _limits_fit_their_budgets(self) -> EncoderSettings:

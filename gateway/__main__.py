@@ -8,16 +8,23 @@ from prometheus_client import CollectorRegistry
 
 from gateway.clients import EncoderClient, ShardClient, wait_for_model
 from gateway.core import Gateway, Limits
+from gateway.roles import METHOD_ROLES
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.access import OpenAdmission, TokenAdmission, TokenBook
+from orbithash_serving.interceptor import AccessControl
+from orbithash_serving.limits import RateLimiter, StreamSlots, parse_message_limits
 from orbithash_serving.server import GrpcServer, run_service, service_name
+from orbithash_serving.tls import client_credentials
 
 
 def build_gateway(settings: GatewaySettings, registry: CollectorRegistry) -> Gateway:
     """Connect to the encoder and the shards; returns once the encoder has said which model it serves."""
-    encoder = EncoderClient(settings.encoder)
-    shards = [ShardClient(shard, address) for shard, address in enumerate(settings.shard_addresses())]
+    credentials = client_credentials(settings)
+    encoder = EncoderClient(settings.encoder, credentials)
+    shards = [ShardClient(shard, address, credentials=credentials)
+              for shard, address in enumerate(settings.shard_addresses())]
     facts = wait_for_model(encoder, settings.startup_timeout_s)
     limits = Limits(max_k=settings.max_k, timeout_s=settings.timeout_s, ingest_batch=settings.ingest_batch,
                     encode_bytes=settings.encode_bytes, max_ingest_items=settings.max_ingest_items,
@@ -27,13 +34,25 @@ def build_gateway(settings: GatewaySettings, registry: CollectorRegistry) -> Gat
     return Gateway(encoder, shards, facts, limits, registry, concurrency=settings.workers)
 
 
+def public_access(settings: GatewaySettings) -> AccessControl:
+    """Tokens with roles when a token file is set (else callers are named by address), and the
+    per-client limits either way."""
+    admission = (TokenAdmission(TokenBook(settings.tokens_file), METHOD_ROLES) if settings.tokens_file
+                 else OpenAdmission())
+    return AccessControl(admission=admission,
+                         rate=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+                         streams=StreamSlots(settings.max_streams_per_client),
+                         message_limits=parse_message_limits(settings.message_limits_mb))
+
+
 def build_server(settings: GatewaySettings) -> GrpcServer:
     registry = CollectorRegistry()
+    access = public_access(settings)  # a bad token file stops the start before any connection
     gateway = build_gateway(settings, registry)
     servicer = GatewayServicer(gateway)
     return GrpcServer(settings, [service_name("Gateway")],
                       lambda server: rpc.add_GatewayServicer_to_server(servicer, server), registry,
-                      on_stop=gateway.close)
+                      on_stop=gateway.close, access=access)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,13 +79,19 @@ def _domain_errors(service: str) -> Iterator[None]:
         raise domain_error(exc, service) from exc
 
 
-class EncoderClient:
-    """The encoder service over one channel."""
+def _channel(address: str, credentials: grpc.ChannelCredentials | None, options: list) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
 
-    def __init__(self, address: str) -> None:
+
+class EncoderClient:
+    """The encoder service over one channel (TLS with ``credentials``)."""
+
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.address = address
         self._name = f"encoder at {address}"
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = _channel(address, credentials, CHANNEL_OPTIONS)
         self._stub = rpc.EncoderStub(self._channel)
 
     def encode(self, images: Sequence[bytes], timeout: float, thumbnail_size: int = 0) -> list[Encoding]:
@@ -106,11 +112,12 @@ class EncoderClient:
 class ShardClient:
     """One index shard over its own channel, which reconnects quickly after the shard restarts."""
 
-    def __init__(self, shard: int, address: str, packed: bool = True) -> None:
+    def __init__(self, shard: int, address: str, packed: bool = True,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.address = address
         self.packed = packed  # ask for hits column-wise (False: one message per hit, as before)
         self._name = f"index shard {shard} at {address}"
-        self._channel = grpc.insecure_channel(address, options=SHARD_CHANNEL_OPTIONS)
+        self._channel = _channel(address, credentials, SHARD_CHANNEL_OPTIONS)
         self._stub = rpc.IndexShardStub(self._channel)
 
     def search(self, query: ShardQuery, timeout: float) -> list[list[Hit]] | list[HitColumns]:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import grpc
 
 from gateway import convert
-from gateway.core import Gateway, IngestIncomplete
+from gateway.audit import audited
+from gateway.core import Gateway, IngestIncomplete, IngestItem
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 
@@ -25,13 +26,28 @@ class GatewayServicer(rpc.GatewayServicer):
         return convert.search_response_to_pb(result)
 
     def Ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
-        items = (convert.ingest_item_from_pb(i) for i in request_iterator)
-        try:
-            summary = self._gateway.ingest(items, context.time_remaining())
-        except IngestIncomplete as exc:  # the status says why; the summary what was stored
-            stored = convert.ingest_summary_to_pb(exc.summary).SerializeToString()
-            context.set_trailing_metadata(((INGEST_SUMMARY_KEY, stored),))
-            raise exc.error from exc
+        received = 0
+
+        def items() -> Iterator[IngestItem]:
+            nonlocal received
+            for item in request_iterator:
+                received += 1
+                yield convert.ingest_item_from_pb(item)
+
+        with audited("ingest") as audit:
+            try:
+                summary = self._gateway.ingest(items(), context.time_remaining())
+            except IngestIncomplete as exc:  # the status says why; the summary what was stored
+                audit.note(received=exc.summary.received, stored=exc.summary.ingested,
+                           replaced=exc.summary.replaced, failed_shards=exc.summary.failed_shards,
+                           uncertain_shards=exc.summary.uncertain_shards)
+                stored = convert.ingest_summary_to_pb(exc.summary).SerializeToString()
+                context.set_trailing_metadata(((INGEST_SUMMARY_KEY, stored),))
+                raise exc.error from exc
+            except BaseException:
+                audit.note(received=received, stored=0)
+                raise
+            audit.note(received=summary.received, stored=summary.ingested, replaced=summary.replaced)
         return convert.ingest_summary_to_pb(summary)
 
     def SearchMany(self, request: pb.SearchManyRequest, context: grpc.ServicerContext) -> pb.SearchManyResponse:
@@ -44,11 +60,16 @@ class GatewayServicer(rpc.GatewayServicer):
 
     def UpdateMetadata(self, request: pb.UpdateMetadataRequest,
                        context: grpc.ServicerContext) -> pb.UpdateMetadataResponse:
-        result = self._gateway.update_metadata(convert.metadata_updates_from_pb(request), context.time_remaining())
+        with audited("update_metadata", requested=len(request.updates)) as audit:
+            result = self._gateway.update_metadata(convert.metadata_updates_from_pb(request), context.time_remaining())
+            audit.note(updated=result.updated, missing=len(result.missing))
         return convert.update_metadata_response_to_pb(result)
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        return convert.delete_response_to_pb(self._gateway.delete(list(request.ids), context.time_remaining()))
+        with audited("delete", requested=len(request.ids)) as audit:
+            result = self._gateway.delete(list(request.ids), context.time_remaining())
+            audit.note(deleted=result.deleted, missing=len(result.missing))
+        return convert.delete_response_to_pb(result)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         return convert.info_response_to_pb(self._gateway.info(context.time_remaining()))

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from orbithash_serving.limits import parse_message_limits
 from orbithash_serving.settings import ServiceSettings
 
 # The index shards' default max_k: a larger k would be refused by every shard.
 MAX_K_LIMIT = 100_000
 # Largest thumbnail the encoder makes (encoder_service.encoder.MAX_THUMBNAIL_SIZE).
 MAX_THUMBNAIL_SIZE = 1024
+# One request message, per method: an image query may be a large scene (the encoder's own pixel and
+# decode limits still apply); ids and metadata are small. Ingest counts one item per message.
+DEFAULT_MESSAGE_LIMITS = "Search=64,SearchMany=256,Ingest=64,Get=4,Delete=4,UpdateMetadata=16,Info=0.01"
 
 
 class GatewaySettings(ServiceSettings):
@@ -42,6 +46,23 @@ class GatewaySettings(ServiceSettings):
     max_ids: int = Field(1024, ge=1, le=1_000_000, description=(
         "ids in one Get or UpdateMetadata (at most the shards' max_batch)"))
     startup_timeout_s: float = Field(120.0, gt=0, description="how long to wait for the encoder at start")
+    # Who may call, and how much (docs/security.md).
+    tokens_file: str | None = Field(None, description=(
+        "JSON file of hashed bearer tokens with roles (orbithash token create); set: every call needs "
+        "'authorization: Bearer <token>'. Read again when it changes (rotation without restart)"))
+    rate_limit_rps: float = Field(500.0, ge=0, description=(
+        "requests a second one client (token, or address without tokens) may send; 0: no limit"))
+    rate_limit_burst: int = Field(1000, ge=1, description="requests one client may send at once above the rate")
+    max_streams_per_client: int = Field(4, ge=0, description=(
+        "ingest streams one client may have open at once; 0: no limit"))
+    message_limits_mb: str = Field(DEFAULT_MESSAGE_LIMITS, description=(
+        "largest request message per method, MiB (Method=MiB,...); gRPC's own limit is 256 MiB"))
+
+    @field_validator("message_limits_mb")
+    @classmethod
+    def _limits_parse(cls, value: str) -> str:
+        parse_message_limits(value)
+        return value
 
     @field_validator("shards")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from orbithash.codes import MAX_BITS, MIN_BITS
@@ -16,6 +16,12 @@ class IndexSettings(ServiceSettings):
 
     shard: int = Field(0, ge=0, description="this shard's number")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding this shard's keys")
+    redis_username: str | None = Field(None, description=(
+        "Redis ACL user of this shard (the local launcher's Redis has shard-N); set with redis_password_file"))
+    redis_password_file: str | None = Field(None, description=(
+        "file holding the Redis user's password, read once at start (never the password itself: it would "
+        "show in the command line); unset: no AUTH. TLS to Redis: a rediss:// redis_url, with tls_cert, "
+        "tls_key as this shard's client certificate and tls_ca to verify Redis"))
     redis_timeout_s: float = Field(5.0, gt=0, le=600, description=(
         "socket timeout of one Redis command; a write waits at most this long per try (3 tries) "
         "for a slow or stopped Redis, holding only the shard's write mutex"))
@@ -24,3 +30,9 @@ class IndexSettings(ServiceSettings):
     namespace: str = Field("orbithash", min_length=1, description="Redis key prefix")
     max_k: int = Field(100_000, ge=1, le=10_000_000, description="largest k one search may ask for")
     max_batch: int = Field(1024, ge=1, le=1_000_000, description="most query codes or items in one call")
+
+    @model_validator(mode="after")
+    def _redis_user_has_password(self) -> IndexSettings:
+        if self.redis_username is not None and self.redis_password_file is None:
+            raise ValueError("redis_username needs redis_password_file (the file holding that user's password)")
+        return self

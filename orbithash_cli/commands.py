@@ -5,7 +5,10 @@ object (the ``orbithash`` command's, or ``python -m orbithash_cli``'s). Each com
 with it the gRPC client, Pillow and tqdm, is imported only when that command runs.
 
 The gateway is ``--gateway HOST:PORT``, else ``$ORBITHASH_GATEWAY``, else the gateway of the
-cluster ``orbithash up`` runs from the current folder (``runs/cluster/cluster.json``).
+cluster ``orbithash up`` runs from the current folder (``runs/cluster/cluster.json``). TLS and the
+bearer token come the same way: ``--tls-ca``/``--token-file`` (and ``--tls-cert``/``--tls-key``),
+else ``$ORBITHASH_TLS_CA``/``$ORBITHASH_TOKEN``/..., else that cluster's own CA and admin token.
+A token is never taken from the command line itself (it would show in ``ps`` and shell history).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from orbithash_cli import INTERRUPTED, OK, CliError, UsageError
 
 GATEWAY_ENV = "ORBITHASH_GATEWAY"
+TOKEN_ENV = "ORBITHASH_TOKEN"
+TLS_ENV = {"tls_ca": "ORBITHASH_TLS_CA", "tls_cert": "ORBITHASH_TLS_CERT", "tls_key": "ORBITHASH_TLS_KEY"}
 _NEGATIVE_NUMBERS = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")  # -5, -0.5, -120,30,-110,40
 CLUSTER_STATE = Path("runs") / "cluster" / "cluster.json"  # where `orbithash up` records its endpoints
 
@@ -45,10 +50,44 @@ def resolve_gateway(given: str | None) -> str:
                      f"(no running `orbithash up` recorded in {CLUSTER_STATE})")
 
 
-def connect(address: str | None):  # -> orbithash_client.OrbitHashClient
+def _cluster_security() -> dict[str, str]:
+    """The CA and admin token file `orbithash up --tls` recorded for this folder's cluster."""
+    try:
+        recorded = json.loads(CLUSTER_STATE.read_text()).get("security") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: str(v) for k, v in recorded.items() if k in ("tls_ca", "token_file") and v}
+
+
+def security_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """Keyword arguments of OrbitHashClient for TLS and the token: flags, then environment, then the
+    local cluster's record (only when the gateway itself comes from there)."""
+    from_cluster = (_cluster_security() if not getattr(args, "gateway", None) and not os.environ.get(GATEWAY_ENV)
+                    else {})
+    options: dict[str, str | None] = {}
+    for name, env in TLS_ENV.items():
+        options[name] = getattr(args, name, None) or os.environ.get(env) or from_cluster.get(name)
+    token_file = getattr(args, "token_file", None) or (
+        None if os.environ.get(TOKEN_ENV) else from_cluster.get("token_file"))
+    if token_file:
+        try:
+            options["token"] = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the token file {token_file}: {exc.strerror}") from exc
+    else:
+        options["token"] = os.environ.get(TOKEN_ENV) or None
+    return options
+
+
+def connect(address: str | None, **security: str | None):  # -> orbithash_client.OrbitHashClient
     from orbithash_cli.remote import connect as remote_connect
 
-    return remote_connect(resolve_gateway(address))
+    return remote_connect(resolve_gateway(address), **security)
+
+
+def connector(args: argparse.Namespace) -> Callable[[str | None], object]:
+    """``connect(address)`` for a command: a client of that gateway with this run's TLS and token."""
+    return lambda address: connect(address, **security_options(args))
 
 
 def _runner(module: str, function: str) -> Callable[[argparse.Namespace], int]:
@@ -58,7 +97,7 @@ def _runner(module: str, function: str) -> Callable[[argparse.Namespace], int]:
         from orbithash_client import OrbitHashClientError
 
         try:
-            return int(command(args, connect))
+            return int(command(args, connector(args)))
         except (CliError, OrbitHashClientError) as exc:
             error = cli_error(exc)
             print(f"orbithash {args.command}: {error}", file=sys.stderr)
@@ -76,6 +115,16 @@ def _runner(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 def _gateway_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", metavar="HOST:PORT", default=None,
                    help=f"the gateway (default: ${GATEWAY_ENV}, else the one `orbithash up` runs from here)")
+    _security_options(p)
+
+
+def _security_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", metavar="PEM", default=None,
+                   help=f"TLS: verify the gateway with this CA bundle (default ${TLS_ENV['tls_ca']})")
+    p.add_argument("--tls-cert", metavar="PEM", default=None, help="client certificate, if the gateway asks for one")
+    p.add_argument("--tls-key", metavar="PEM", default=None, help="key of --tls-cert")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help=f"file holding the bearer token (default ${TOKEN_ENV})")
 
 
 def _ids_options(p: argparse.ArgumentParser) -> None:
@@ -170,6 +219,7 @@ def _add_loadtest(sub, formatter) -> None:  # sub: argparse._SubParsersAction
         "code); 2 usage error; 3 the gateway cannot be reached; 130 interrupted. See docs/end-to-end.md")
     loadtest.add_argument("--target", "--gateway", dest="gateway", metavar="HOST:PORT", default=None,
                           help=f"the gateway (default: ${GATEWAY_ENV}, else the one `orbithash up` runs from here)")
+    _security_options(loadtest)
     loadtest.add_argument("--images", nargs="+", required=True, metavar="PATH",
                           help="query and ingest images: files, folders, zip files or globs (up to 256 are used)")
     loadtest.add_argument("--concurrency", "-c", type=int, default=4, help="worker threads, one client each (4)")

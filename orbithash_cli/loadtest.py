@@ -345,7 +345,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def command(args: argparse.Namespace, connect) -> int:  # connect: address -> client (the operator commands')
-    from orbithash_cli.commands import resolve_gateway
+    from orbithash_cli.commands import resolve_gateway, security_options
+    from orbithash_cli.remote import connect as remote_connect
     from orbithash_client import OrbitHashClient
 
     plan = plan_from(args)
@@ -354,8 +355,11 @@ def command(args: argparse.Namespace, connect) -> int:  # connect: address -> cl
     if not images:
         raise UsageError(f"no JPEG, PNG or TIFF image found in {' '.join(args.images)}")
 
+    security = security_options(args)
+
     def make_client() -> OrbitHashClient:
-        return OrbitHashClient(address, timeout=plan.timeout_s, ingest_timeout=plan.timeout_s, retries=args.retries)
+        return remote_connect(address, timeout=plan.timeout_s, ingest_timeout=plan.timeout_s, retries=args.retries,
+                              **security)
 
     length = f"{plan.duration_s:g} s" if plan.duration_s is not None else f"{plan.requests} requests"
     print(f"orbithash loadtest: {address}, {plan.concurrency} workers, {length} after {plan.warmup_s:g} s of "

@@ -1,9 +1,9 @@
 """The commands' one door to the network: a client of the gateway and what its errors mean here.
 
 Exit codes by the client's exceptions: UNAVAILABLE and DEADLINE_EXCEEDED (after the client's own
-retries) → 3, the gateway is unreachable; INVALID_ARGUMENT, OUT_OF_RANGE and RESOURCE_EXHAUSTED → 2,
-the request was refused as it is (nothing changed); anything else (NOT_FOUND, FAILED_PRECONDITION,
-INTERNAL) → 1 with the server's message.
+retries) → 3, the gateway is unreachable; INVALID_ARGUMENT, OUT_OF_RANGE, RESOURCE_EXHAUSTED,
+UNAUTHENTICATED and PERMISSION_DENIED → 2, the request was refused as it is (nothing changed);
+anything else (NOT_FOUND, FAILED_PRECONDITION, INTERNAL) → 1 with the server's message.
 """
 
 from __future__ import annotations
@@ -14,17 +14,26 @@ from orbithash_client import (
     InvalidArgument,
     OrbitHashClient,
     OrbitHashClientError,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
 REFUSED = (InvalidArgument, ResourceExhausted)
+DENIED = (Unauthenticated, PermissionDenied)
 UNREACHABLE = (Unavailable, DeadlineExceeded)
 TIMEOUT_S = 60.0  # each call's deadline, retries included (an ingest batch has its own, --timeout)
 
 
-def connect(address: str) -> OrbitHashClient:
-    return OrbitHashClient(address, timeout=TIMEOUT_S)
+def connect(address: str, *, token: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+            tls_key: str | None = None, timeout: float = TIMEOUT_S, **client_options: object) -> OrbitHashClient:
+    """A client of ``address``: TLS when any of the TLS files is given, the token on every call."""
+    try:
+        return OrbitHashClient(address, timeout=timeout, token=token, tls=bool(tls_ca or tls_cert), ca_file=tls_ca,
+                               cert_file=tls_cert, key_file=tls_key, **client_options)  # type: ignore[arg-type]
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cli_error(exc: BaseException) -> CliError:
@@ -35,6 +44,8 @@ def cli_error(exc: BaseException) -> CliError:
         return GatewayUnreachable(f"the gateway cannot be reached: {exc.message}")
     if isinstance(exc, REFUSED):
         return UsageError(f"refused by the gateway: {exc.message}")
+    if isinstance(exc, DENIED):
+        return UsageError(f"{exc.code.name if exc.code else 'denied'}: {exc.message}")
     if isinstance(exc, OrbitHashClientError):
         return CliError(f"the gateway answered {exc.code.name if exc.code else 'an error'}: {exc.message}")
     return CliError(f"{type(exc).__name__}: {exc}")

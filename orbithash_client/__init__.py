@@ -5,7 +5,7 @@ hashing library::
 
     from orbithash_client import Filter, Item, Metadata, OrbitHashClient
 
-    with OrbitHashClient("127.0.0.1:50051") as client:
+    with OrbitHashClient("127.0.0.1:50051") as client:   # TLS: ca_file=..., token=...
         client.ingest([Item("scene-1", "scene-1.tif", metadata=Metadata(sensor="MSI"))])
         for hit in client.search(image="query.jpg", k=5, filter=Filter(sensors=("MSI",))):
             print(hit.id, hit.distance)
@@ -21,7 +21,9 @@ from orbithash_client.errors import (
     InvalidArgument,
     NotFound,
     OrbitHashClientError,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from orbithash_client.retry import Retry
@@ -65,12 +67,14 @@ __all__ = [
     "NotFound",
     "OrbitHashClient",
     "OrbitHashClientError",
+    "PermissionDenied",
     "Query",
     "ResourceExhausted",
     "Retry",
     "SearchResult",
     "ShardInfo",
     "StoredItem",
+    "Unauthenticated",
     "Unavailable",
     "UpdateResult",
 ]

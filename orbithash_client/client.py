@@ -44,6 +44,25 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the services' own limit
 _MIN_TIMEOUT_S = 0.001
 
 
+def tls_credentials(ca_file: str | Path | None = None, cert_file: str | Path | None = None,
+                    key_file: str | Path | None = None) -> grpc.ChannelCredentials:
+    """TLS verifying the server with ``ca_file`` (None: the system's roots), with an optional client
+    certificate."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file go together")
+
+    def read(path: str | Path | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
+    host = host.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _id_of_bytes(image: bytes) -> str:
     """The id an image given as bare bytes is stored under: its content hash (re-sending it replaces it)."""
     return hashlib.sha256(image).hexdigest()[:32]
@@ -81,15 +100,21 @@ class OrbitHashClient:
     ``timeout``: the deadline of each call, retries included (seconds; a method's ``timeout=``
     overrides it); ``ingest_timeout``: the same for each ingest batch; ``retries``: how many times
     a call is sent again after UNAVAILABLE (an int, or a :class:`Retry` for the backoff too);
-    ``credentials``: TLS channel credentials (None: plaintext); ``metadata``: headers sent with every
-    call (e.g. an authorisation token); ``options``: extra gRPC channel options; ``channel``: use
-    this channel instead of opening one (the client then does not close it).
+    ``token``: the bearer token sent with every call (a gateway with tokens needs one);
+    ``ca_file``: TLS, verifying the gateway with this CA bundle (``tls=True`` alone: the system's
+    roots); ``cert_file``/``key_file``: a client certificate, for a gateway that asks for one;
+    ``credentials``: ready-made TLS channel credentials instead; ``metadata``: more headers sent with
+    every call; ``options``: extra gRPC channel options; ``channel``: use this channel instead of
+    opening one (the client then does not close it). A token is never sent over plaintext to
+    anything but a loopback address.
 
     Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, target: str, *, timeout: float = 30.0, ingest_timeout: float = 300.0,
-                 retries: int | Retry = 3, credentials: grpc.ChannelCredentials | None = None,
+                 retries: int | Retry = 3, token: str | None = None, tls: bool = False,
+                 ca_file: str | Path | None = None, cert_file: str | Path | None = None,
+                 key_file: str | Path | None = None, credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (), options: Sequence[tuple[str, Any]] = (),
                  channel: grpc.Channel | None = None) -> None:
         if timeout <= 0 or ingest_timeout <= 0:
@@ -98,6 +123,13 @@ class OrbitHashClient:
         self.timeout = timeout
         self.ingest_timeout = ingest_timeout
         self.retry = as_retry(retries)
+        if credentials is None and (tls or ca_file or cert_file or key_file):
+            credentials = tls_credentials(ca_file, cert_file, key_file)
+        if token is not None:
+            if credentials is None and channel is None and not _is_loopback(target):
+                raise ValueError(f"a token would cross the network in plaintext to {target}: "
+                                 "pass ca_file= (or tls=True) for TLS")
+            metadata = (*metadata, ("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
         self._owns_channel = channel is None
         if channel is None:

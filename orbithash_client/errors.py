@@ -48,6 +48,14 @@ class DeadlineExceeded(OrbitHashClientError):
     """The call's deadline passed before it was answered (not retried: the time is spent)."""
 
 
+class Unauthenticated(OrbitHashClientError):
+    """No bearer token, or one the gateway does not accept (unknown, revoked or expired)."""
+
+
+class PermissionDenied(OrbitHashClientError):
+    """The token is valid but its role may not call this method (e.g. a reader deleting)."""
+
+
 class Internal(OrbitHashClientError):
     """The server failed in a way it did not expect (INTERNAL, UNKNOWN, DATA_LOSS)."""
 
@@ -60,6 +68,8 @@ _BY_CODE: dict[grpc.StatusCode, type[OrbitHashClientError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INTERNAL: Internal,
     grpc.StatusCode.UNKNOWN: Internal,
     grpc.StatusCode.DATA_LOSS: Internal,

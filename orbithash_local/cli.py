@@ -25,7 +25,7 @@ def _demo(args: argparse.Namespace) -> int:
     from orbithash_local.demo import run_demo
 
     report = run_demo(args.data, args.model_repository, bits=args.bits, shards=args.shards,
-                      use_triton=not args.embedded, retrain=args.retrain, max_queries=args.queries)
+                      use_triton=not args.embedded, retrain=args.retrain, max_queries=args.queries, tls=args.tls)
     print(f"dataset {report.dataset}: {report.database} database images, {report.queries} queries, "
           f"{report.bits} bits")
     print(f"mAP {report.map:.4f}  accuracy {report.accuracy:.4f}  "
@@ -34,9 +34,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def exposure_warning(host: str, port: int | str) -> str | None:
-    """What to tell the operator when the gateway serves beyond loopback (it has no TLS and no client
-    tokens yet), or None on loopback."""
+def exposure_warning(host: str, port: int | str, tls: bool = False) -> str | None:
+    """What to tell the operator when the gateway serves beyond loopback without TLS and tokens, or
+    None (loopback, or ``--tls``)."""
+    if tls:
+        return None
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to anything
@@ -46,7 +48,8 @@ def exposure_warning(host: str, port: int | str) -> str | None:
     where = "every interface" if host in ("0.0.0.0", "") else host
     return (f"WARNING: the gateway listens on {where} (port {port}) WITHOUT TLS and WITHOUT client tokens: "
             "anyone who can reach that port can search, ingest and delete items, and sees the traffic in the "
-            "clear. Use it only on a trusted network, or put a TLS-terminating, authenticating proxy in front.")
+            "clear. Start it with `orbithash up --tls` (TLS on every hop, tokens with roles), or use it only on "
+            "a trusted network.")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -54,7 +57,7 @@ def _up(args: argparse.Namespace) -> int:
 
     config = ClusterConfig(model_repository=args.model_repository, work_dir=args.work_dir, shards=args.shards,
                            use_triton=not args.embedded, gateway_port=args.port, gateway_host=args.host,
-                           supervise=True, metrics_port=args.metrics_port)
+                           supervise=True, metrics_port=args.metrics_port, tls=args.tls)
     (args.work_dir / "logs").mkdir(parents=True, exist_ok=True)
     launcher_log = logging.FileHandler(args.work_dir / "logs" / "launcher.log")
     launcher_log.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -65,15 +68,48 @@ def _up(args: argparse.Namespace) -> int:
     with Cluster(config) as cluster:
         endpoints = cluster.endpoints()
         print(json.dumps(endpoints, indent=2))
-        warning = exposure_warning(args.host, str(endpoints["gateway"]).rsplit(":", 1)[1])
+        warning = exposure_warning(args.host, str(endpoints["gateway"]).rsplit(":", 1)[1], args.tls)
         if warning:
             logging.getLogger("orbithash.cluster").warning(warning)
             print(warning, file=sys.stderr, flush=True)
         print(f"OrbitHash is up: gateway on {endpoints.get('gateway_bind', endpoints['gateway'])}"
               + (" (NO TLS, NO TOKENS: see the warning above)" if warning else "")
+              + (f". TLS on every hop; CA {cluster.security.ca}, tokens in {cluster.security.tokens_file.parent}"
+                 if cluster.security else "")
               + ". Ctrl-C or `orbithash down` stops it.", flush=True)
         stop.wait()
         print("stopping…", flush=True)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """Create, list or revoke bearer tokens in a gateway's token file (it re-reads the file itself)."""
+    import datetime as dt
+
+    from orbithash_local.security import add_token, revoke_token
+    from orbithash_serving.access import Role, parse_token_file
+
+    path: Path = args.file
+    if args.action in ("create", "revoke") and not args.name:
+        print(f"orbithash token {args.action}: --name is required (who holds the token)", file=sys.stderr)
+        return 2
+    if args.action != "create" and not path.exists():
+        print(f"orbithash token {args.action}: no token file at {path} (--file)", file=sys.stderr)
+        return 2
+    if args.action == "create":
+        expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=args.expires_days)) if args.expires_days else None
+        token = add_token(path, args.name, Role.parse(args.role), expires)
+        print(token)
+        print(f"token {args.name!r} ({args.role}) added to {path}; it is shown only now: store it safely",
+              file=sys.stderr)
+    elif args.action == "revoke":
+        removed = revoke_token(path, args.name)
+        print(f"revoked {removed} token(s) named {args.name!r}" if removed else f"no token named {args.name!r}")
+        return 0 if removed else 1
+    else:
+        for entry in parse_token_file(path.read_text()).values():
+            expires = entry.expires.isoformat() if entry.expires else "never"
+            print(f"{entry.name}\t{entry.role.label}\texpires {expires}\tsha256 {entry.sha256[:12]}…")
     return 0
 
 
@@ -227,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--queries", type=int, default=None, help="use only the first N queries")
     demo.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
     demo.add_argument("--retrain", action="store_true", help="train even if a matching model is exported")
+    demo.add_argument("--tls", action="store_true", help="the secure cluster: TLS on every hop, bearer tokens")
     demo.set_defaults(func=_demo)
 
     up = sub.add_parser("up", help="start the whole cluster on loopback, restarting children that exit, "
@@ -237,8 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
     up.add_argument("--host", default="127.0.0.1",
                     help="address the gateway binds (default loopback; 0.0.0.0: every interface). The other "
-                         "services stay on loopback. Beyond loopback the gateway has no TLS and no tokens: "
-                         "a warning says so")
+                         "services stay on loopback. Beyond loopback without --tls a warning says the "
+                         "gateway has neither TLS nor tokens")
+    up.add_argument("--tls", action="store_true",
+                    help="TLS on every hop (mutual TLS inside), bearer tokens with roles on the gateway, Redis over "
+                         "TLS: a local CA and tokens are made in --work-dir (docs/security.md)")
     up.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
     up.add_argument("--metrics-port", type=int, default=0,
                     help="the launcher's own /metrics (restarts, children up) on loopback (0: a free one)")
@@ -248,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     down.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster to stop")
     down.set_defaults(func=_down)
+
+    token = sub.add_parser("token", help="create, list or revoke the gateway's bearer tokens (stored hashed)")
+    token.add_argument("action", choices=("create", "list", "revoke"))
+    token.add_argument("--file", type=Path, default=DEFAULT_WORK / "secrets" / "tokens.json",
+                       help="the gateway's token file (its tokens_file setting; default: the one `orbithash up "
+                            "--tls` made here)")
+    token.add_argument("--name", help="who holds it (create, revoke), e.g. station-a")
+    token.add_argument("--role", choices=("reader", "writer", "admin"), default="reader", help="create: its role")
+    token.add_argument("--expires-days", type=float, default=None, help="create: valid for this many days")
+    token.set_defaults(func=_token)
 
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=None, help="training config (.yaml/.toml, see configs/)")

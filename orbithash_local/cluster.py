@@ -32,6 +32,7 @@ from orbithash.export.repository import model_path
 from orbithash.model_facts import ModelFacts
 from orbithash_local.processes import ManagedProcess, free_port
 from orbithash_local.redis_server import RedisServer
+from orbithash_local.security import LocalSecurity, prepare
 from orbithash_local.supervisor import Backoff, Supervisor
 from orbithash_local.triton import TritonServer
 
@@ -60,6 +61,7 @@ class ClusterConfig:
     supervise: bool = False  # restart children that exit (``orbithash up``); off for tests that crash them
     backoff: Backoff = field(default_factory=Backoff)
     metrics_port: int = 0  # the launcher's own /metrics on loopback, when supervising (0: a free port)
+    tls: bool = False  # TLS on every hop, mutual inside, tokens on the gateway (`orbithash up --tls`)
 
 
 @dataclass
@@ -69,17 +71,20 @@ class ServiceProcess:
     metrics_port: int
     process: ManagedProcess
     argv: list[str] = field(default_factory=list)
+    credentials: grpc.ChannelCredentials | None = None  # TLS for the readiness probe (None: plaintext)
 
     def ready(self) -> bool:
-        return grpc_serving(self.address)
+        return grpc_serving(self.address, credentials=self.credentials)
 
     def details(self) -> dict[str, object]:
         """What the launcher's state file records beside the command line."""
         return {"metrics_port": self.metrics_port}
 
 
-def grpc_serving(address: str, timeout: float = 1.0) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def grpc_serving(address: str, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None) -> bool:
+    channel = (grpc.insecure_channel(address) if credentials is None
+               else grpc.secure_channel(address, credentials))
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
@@ -89,12 +94,14 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
 
 
 def start_service(name: str, package: ModuleType, args: list[str], log_dir: Path, port: int = 0,
-                  timeout: float = 180.0, checkout: Path | None = None, host: str = LOOPBACK) -> ServiceProcess:
+                  timeout: float = 180.0, checkout: Path | None = None, host: str = LOOPBACK,
+                  credentials: grpc.ChannelCredentials | None = None) -> ServiceProcess:
     """``python -m <package>`` on a free (or the given) port, waited on until health says SERVING.
 
     The service is passed as its imported package, so the dependency shows in the imports.
     ``checkout``: run the service from another checkout of this repository (a before/after bench).
     ``host``: the address it binds (gRPC and /metrics); its ``address`` is where this machine reaches it.
+    ``credentials``: TLS for the readiness probe, when the service speaks TLS.
     """
     port = port or free_port()
     metrics_port = free_port()
@@ -103,9 +110,9 @@ def start_service(name: str, package: ModuleType, args: list[str], log_dir: Path
     env = dict(os.environ, PYTHONUNBUFFERED="1", **({"PYTHONPATH": str(checkout)} if checkout else {}))
     process = ManagedProcess(name, argv, log_dir / f"{name}.log", env=env, cwd=checkout)
     address = f"{connect_host(host)}:{port}"
-    process.wait_ready(lambda: grpc_serving(address), timeout)
+    process.wait_ready(lambda: grpc_serving(address, credentials=credentials), timeout)
     log.info("%s SERVING on %s (metrics :%d)", name, address, metrics_port)
-    return ServiceProcess(name, address, metrics_port, process, argv)
+    return ServiceProcess(name, address, metrics_port, process, argv, credentials)
 
 
 class Cluster:
@@ -121,6 +128,8 @@ class Cluster:
         self.gateway: ServiceProcess | None = None
         self.supervisor: Supervisor | None = None
         self.metrics_port: int | None = None
+        self.security: LocalSecurity | None = None
+        self._probe_credentials: grpc.ChannelCredentials | None = None
         self._metrics_server = None
         self._state_lock = threading.Lock()
         self._stopping = False
@@ -140,21 +149,42 @@ class Cluster:
 
     def _service(self, name: str, package: ModuleType, args: list[str], port: int = 0,
                  host: str = LOOPBACK) -> ServiceProcess:
-        return start_service(name, package, args, self.config.work_dir / "logs", port,
-                             self.config.startup_timeout_s, host=host)
+        return start_service(name, package, [*args, *self._tls_args(name)], self.config.work_dir / "logs", port,
+                             self.config.startup_timeout_s, host=host, credentials=self._probe_credentials)
+
+    def _tls_args(self, name: str) -> list[str]:
+        """A service's identity and who may call it: the gateway takes tokens, the rest only the gateway."""
+        if self.security is None:
+            return []
+        me = self.security.identity(name)
+        args = ["--tls-cert", str(me.cert), "--tls-key", str(me.key), "--tls-ca", str(me.ca)]
+        if name == "gateway":
+            return [*args, "--tokens-file", str(self.security.tokens_file)]
+        return [*args, "--tls-client-auth", "true", "--allowed-peers", "gateway"]
+
+    def _prepare_security(self) -> None:
+        cfg = self.config
+        public = () if cfg.gateway_host in (LOOPBACK, "0.0.0.0", "") else (cfg.gateway_host,)
+        self.security = prepare(cfg.work_dir, cfg.shards, public)
+        probe = self.security.identity("launcher")
+        self._probe_credentials = grpc.ssl_channel_credentials(
+            probe.ca.read_bytes(), probe.key.read_bytes(), probe.cert.read_bytes())
 
     def start(self) -> None:
         cfg = self.config
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.redis = RedisServer(cfg.work_dir / "redis")
+            if cfg.tls:
+                self._prepare_security()
+            tls = self.security.identity if self.security is not None else None
+            self.redis = RedisServer(cfg.work_dir / "redis", shards=cfg.shards, tls=tls("redis") if tls else None)
             log.info("redis-server on %s (data in %s)", self.redis.url, cfg.work_dir / "redis")
             encoder_args = ["--model-name", cfg.model_name, "--model-repository", str(cfg.model_repository)]
             if cfg.use_triton:
                 self.triton = TritonServer(cfg.model_repository, cfg.work_dir / "triton", cfg.model_name,
-                                           timeout=cfg.startup_timeout_s)
+                                           timeout=cfg.startup_timeout_s, tls=tls("triton") if tls else None)
                 log.info("tritonserver gRPC on %s (metrics :%d)", self.triton.url, self.triton.metrics_port)
-                encoder_args += ["--triton-url", self.triton.url]
+                encoder_args += ["--triton-url", self.triton.url, *(["--triton-tls", "true"] if tls else [])]
             self.encoder = self._service("encoder", encoder_service, encoder_args)
             for shard in range(cfg.shards):
                 self.shards.append(self._service(f"shard-{shard}", index_service, self._shard_args(shard)))
@@ -180,7 +210,9 @@ class Cluster:
 
     def _shard_args(self, shard: int) -> list[str]:
         assert self.redis is not None
-        return ["--shard", str(shard), "--redis-url", self.redis.url, "--bits", str(self.facts.bits),
+        user, password_file = self.redis.shard_credentials(shard)  # a file: no password in argv or cluster.json
+        return ["--shard", str(shard), "--redis-url", self.redis.url, "--redis-username", user,
+                "--redis-password-file", str(password_file), "--bits", str(self.facts.bits),
                 "--model-version", self.facts.version]
 
     def restart_shard(self, shard: int, kill: bool = True) -> None:
@@ -192,6 +224,23 @@ class Cluster:
             old.process.stop()
         port = int(old.address.rsplit(":", 1)[1])
         self.shards[shard] = self._service(old.name, index_service, self._shard_args(shard), port=port)
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def gateway_channel(self) -> grpc.Channel:
+        """A channel to the gateway as a client would open it: TLS verified by the cluster's CA when on."""
+        assert self.gateway is not None
+        if self.security is None:
+            return grpc.insecure_channel(self.gateway.address)
+        client = self.security.identity("client")
+        return grpc.secure_channel(self.gateway.address, grpc.ssl_channel_credentials(client.ca.read_bytes()))
+
+    def call_metadata(self, role: str = "admin") -> list[tuple[str, str]]:
+        """The metadata that authenticates a call with the local token of ``role`` (none without TLS)."""
+        if self.security is None:
+            return []
+        token = self.security.token_files[role].read_text().strip()
+        return [("authorization", f"Bearer {token}")]
 
     # -- reporting and stopping ----------------------------------------------------------------
 
@@ -214,6 +263,7 @@ class Cluster:
             out["redis"] = self.redis.url
         out["model"] = {"name": self.facts.name, "version": self.facts.version, "bits": self.facts.bits}
         out["logs"] = str(self.config.work_dir / "logs")
+        out["tls"] = self.security is not None
         if self.metrics_port is not None:
             out["launcher_metrics"] = f"http://127.0.0.1:{self.metrics_port}/metrics"
         return out
@@ -251,6 +301,7 @@ class Cluster:
             state = {"pid": os.getpid(), "supervised": self.supervisor is not None,
                      "metrics_port": self.metrics_port, "log": str(self.config.work_dir / "logs" / "launcher.log"),
                      "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "endpoints": self.endpoints(),
+                     "security": self.security.record() if self.security else None,
                      "children": self.child_pids(), "services": self.services_state()}
             path = self.config.work_dir / STATE_FILE
             tmp = path.with_name(f".{path.name}.tmp")

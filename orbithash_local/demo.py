@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tqdm import tqdm
 
@@ -71,11 +70,12 @@ def _ingest_stream(records: list[ImageRecord], bar: tqdm) -> Iterator[pb.IngestI
         bar.update(1)
 
 
-def run_queries(stub: rpc.GatewayStub, split: Split, k: int) -> tuple[list[float], list[float], list[bool]]:
+def run_queries(stub: rpc.GatewayStub, split: Split, k: int,
+                metadata: list[tuple[str, str]] | None = None) -> tuple[list[float], list[float], list[bool]]:
     aps, latencies, correct = [], [], []
     for rec in tqdm(split.queries, desc="query", unit="img"):
         start = time.perf_counter()
-        reply = stub.Search(pb.SearchRequest(image=rec.data, k=k), timeout=60)
+        reply = stub.Search(pb.SearchRequest(image=rec.data, k=k), timeout=60, metadata=metadata)
         latencies.append((time.perf_counter() - start) * 1000)
         relevant = np.fromiter((h.label == rec.label for h in reply.hits), bool, len(reply.hits))
         aps.append(average_precision(relevant))
@@ -84,24 +84,25 @@ def run_queries(stub: rpc.GatewayStub, split: Split, k: int) -> tuple[list[float
 
 
 def run_demo(data: Path | None, repo: Path, bits: int = 64, shards: int = 2, use_triton: bool = True,
-             retrain: bool = False, max_queries: int | None = None) -> DemoReport:
+             retrain: bool = False, max_queries: int | None = None, tls: bool = False) -> DemoReport:
     split = load_split(data)
     facts = ensure_model(split, repo, bits, retrain)
     queries = split.queries[:max_queries] if max_queries else split.queries
     split = Split(split.name, split.class_names, split.database, queries)
     with tempfile.TemporaryDirectory(prefix="orbithash-demo-") as work:
         config = ClusterConfig(model_repository=repo, work_dir=Path(work), shards=shards, use_triton=use_triton,
-                               max_k=max(10_000, len(split.database)))
+                               max_k=max(10_000, len(split.database)), tls=tls)
         with Cluster(config) as cluster:
             for name, value in cluster.endpoints().items():
                 print(f"  {name}: {value}")
             assert cluster.gateway is not None
-            with grpc.insecure_channel(cluster.gateway.address) as channel:
+            with cluster.gateway_channel() as channel:
                 stub = rpc.GatewayStub(channel)
                 with tqdm(total=len(split.database), desc="ingest", unit="img") as bar:
-                    summary = stub.Ingest(_ingest_stream(split.database, bar), timeout=3600)
+                    summary = stub.Ingest(_ingest_stream(split.database, bar), timeout=3600,
+                                          metadata=cluster.call_metadata("writer"))
                 log.info("ingested %d items, per shard %s", summary.ingested, list(summary.per_shard))
-                aps, latencies, correct = run_queries(stub, split, len(split.database))
+                aps, latencies, correct = run_queries(stub, split, len(split.database), cluster.call_metadata("reader"))
     return DemoReport(
         dataset=split.name, bits=facts.bits, map=float(np.mean(aps)), accuracy=float(np.mean(correct)),
         p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)),

@@ -11,6 +11,11 @@ its process group, and a shared-memory region ``/dev/shm/<prefix><uuid>`` for ea
 is busy or stuck when tritonserver dies stays behind with its region; so every instance gets a
 prefix of its own (``--backend-config=python,shm-region-prefix-name=…``), stopping kills the whole
 group, and before a start the previous instance's leftover stubs are killed and its regions removed.
+
+With ``tls`` the gRPC port speaks TLS only (mutual by default: a client certificate signed by the
+cluster CA is required) and the HTTP inference port is not opened, since Triton's HTTP endpoint
+has no TLS and would be a plaintext way around it. The metrics port stays plaintext: it serves
+only counters, for probes and Prometheus.
 """
 
 from __future__ import annotations
@@ -21,9 +26,14 @@ import socket
 import sys
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orbithash import Unavailable
+from orbithash_local.pki import Identity
 from orbithash_local.processes import ManagedProcess, free_port
+
+if TYPE_CHECKING:
+    import tritonclient.grpc
 
 SHM_DIR = Path("/dev/shm")
 
@@ -81,13 +91,21 @@ class TritonServer:
     loaded at start and no client can load, unload or replace one. With control on, anyone who
     reaches the port could unload the served model or load a Python-backend model, that is run
     code as this user. gRPC, HTTP and metrics bind to ``host`` alone.
+
+    ``tls`` is Triton's identity (its certificate, key and the CA); ``mutual`` requires clients to
+    present a certificate that CA signed. The readiness probe presents ``tls`` itself as its client
+    certificate: every certificate of the cluster CA is a valid client. ``http_port`` is None with TLS.
     """
 
     name = "tritonserver"
 
     def __init__(self, model_repository: Path, work_dir: Path, model_name: str = "orbithash",
-                 timeout: float = 120.0, host: str = "127.0.0.1") -> None:
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+                 timeout: float = 120.0, host: str = "127.0.0.1", tls: Identity | None = None,
+                 mutual: bool = True) -> None:
+        self.tls = tls
+        self.mutual = mutual and tls is not None
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        self.http_port: int | None = None if tls else free_port()
         self.model_name = model_name
         self.host = host
         self.work_dir = work_dir
@@ -100,15 +118,37 @@ class TritonServer:
             f"--backend-directory={backends.resolve()}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--grpc-address={host}", f"--grpc-port={self.grpc_port}",
-            f"--http-address={host}", f"--http-port={self.http_port}",
+            *self._http_flags(host),
             f"--metrics-address={host}", f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
             "--model-control-mode=none",
             "--log-verbose=0", "--exit-on-error=true",
+            *self._tls_flags(),
         ]
         self.timeout = timeout
         self.process = ManagedProcess(self.name, argv, work_dir / "tritonserver.log", env=triton_env(),
                                       cleanup=self.remove_shm_regions)
         self.process.wait_ready(self.ready, timeout)
+
+    def _http_flags(self, host: str) -> list[str]:
+        if self.http_port is None:
+            return ["--allow-http=false"]
+        return [f"--http-address={host}", f"--http-port={self.http_port}"]
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls.cert.resolve()}",
+                 f"--grpc-server-key={self.tls.key.resolve()}", f"--grpc-root-cert={self.tls.ca.resolve()}"]
+        return [*flags, "--grpc-use-ssl-mutual=true"] if self.mutual else flags
+
+    def client(self) -> tritonclient.grpc.InferenceServerClient:
+        """A tritonclient.grpc client for this server: over TLS, as ``tls``'s identity, when TLS is on."""
+        import tritonclient.grpc as tgrpc
+
+        if self.tls is None:
+            return tgrpc.InferenceServerClient(self.url)
+        return tgrpc.InferenceServerClient(self.url, ssl=True, root_certificates=str(self.tls.ca),
+                                           private_key=str(self.tls.key), certificate_chain=str(self.tls.cert))
 
     def shm_regions(self) -> list[Path]:
         """This instance's Python-backend shared-memory regions (and only this instance's)."""
@@ -136,20 +176,20 @@ class TritonServer:
     def details(self) -> dict[str, object]:
         """What the launcher's state file records beside the command line."""
         return {"http_port": self.http_port, "metrics_port": self.metrics_port,
-                "shm_region_prefix": self.shm_prefix, "shm_dir": str(SHM_DIR)}
+                "shm_region_prefix": self.shm_prefix, "shm_dir": str(SHM_DIR),
+                "tls": self.tls is not None, "mutual_tls": self.mutual}
 
     @property
     def url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
     def ready(self) -> bool:
-        """The model is ready over gRPC, and the HTTP and metrics ports (started after gRPC) listen."""
-        import tritonclient.grpc as tgrpc
-
-        client = tgrpc.InferenceServerClient(self.url)
+        """The model is ready over gRPC, and the HTTP (if open) and metrics ports (started after gRPC) listen."""
+        client = self.client()
         try:
             if client.is_model_ready(self.model_name, client_timeout=1.0):
-                return all(listening(self.host, port) for port in (self.http_port, self.metrics_port))
+                ports = [p for p in (self.http_port, self.metrics_port) if p is not None]
+                return all(listening(self.host, port) for port in ports)
             for model in client.get_model_repository_index(as_json=True, client_timeout=1.0).get("models", []):
                 if model.get("name") == self.model_name and model.get("state") == "UNAVAILABLE":
                     raise Unavailable(f"Triton could not load {self.model_name!r}: {model.get('reason', '?')}")

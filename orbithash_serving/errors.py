@@ -6,6 +6,7 @@ import grpc
 
 from orbithash import DeadlineExceeded, InvalidInput, Mismatch, NotFound, ResourceExhausted, TritonFailure, Unavailable
 from orbithash.model_facts import ModelFactsError
+from orbithash_serving.access import PermissionDenied, Unauthenticated
 
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -16,6 +17,8 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TritonFailure, grpc.StatusCode.INTERNAL),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

@@ -1,6 +1,8 @@
-"""One server interceptor for every method: exception → status, request that does not parse →
-INVALID_ARGUMENT (grpc would answer INTERNAL "Exception deserializing request!"), and Prometheus
-metrics.
+"""One server interceptor for every method: admission (who calls, may they, within their limits),
+exception → status, request that does not parse → INVALID_ARGUMENT (grpc would answer INTERNAL
+"Exception deserializing request!"), and Prometheus metrics.
+
+Health checking and reflection pass untouched: probes and tools need neither token nor limits.
 
 Metric names follow go-grpc-prometheus (``grpc_server_handled_total``,
 ``grpc_server_handling_seconds``) so existing Grafana dashboards work unchanged.
@@ -10,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from orbithash import InvalidInput
+from orbithash import InvalidInput, OrbitHashError
+from orbithash_serving.access import Admission, OpenAdmission, Principal, reset_current_principal, set_current_principal
 from orbithash_serving.errors import status_for
+from orbithash_serving.limits import RateLimiter, StreamSlots, check_message_size
 
 log = logging.getLogger("orbithash.rpc")
 
@@ -36,21 +42,38 @@ class GrpcMetrics:
         )
 
 
+@dataclass
+class AccessControl:
+    """Who may call, and how much: the service decides, the interceptor applies it to every call.
+
+    The defaults admit everyone, named by address, with no limits (the internal services behind
+    mutual TLS choose :class:`~orbithash_serving.access.PeerAdmission` instead).
+    """
+
+    admission: Admission = field(default_factory=OpenAdmission)
+    rate: RateLimiter = field(default_factory=lambda: RateLimiter(0, 1))
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(0))
+    message_limits: Mapping[str, int] = field(default_factory=dict)  # method → bytes of one request message
+
+
 class Undecodable:
-    """Stands in for a request message that does not parse (e.g. a string field that is not UTF-8)."""
+    """Stands in for a request message that is refused before parsing: too large, or not parsable
+    (e.g. a string field that is not UTF-8). Raised once the caller has been admitted."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str,
+              limits: Mapping[str, int]) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
     def parse(data: bytes) -> Any:
         try:
+            check_message_size(method, len(data), limits)
             return deserializer(data)
-        except Exception as exc:  # protobuf's DecodeError and friends
+        except Exception as exc:  # ResourceExhausted, protobuf's DecodeError and friends
             return Undecodable(exc)
 
     return parse
@@ -58,6 +81,8 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _refuse(request: Any, method: str) -> Any:
     if isinstance(request, Undecodable):
+        if isinstance(request.error, OrbitHashError):
+            raise request.error
         raise InvalidInput(f"the {method} request does not parse as its message type: a string field "
                            f"(an id) must be valid UTF-8 ({request.error})")
     return request
@@ -69,8 +94,9 @@ def _checked_stream(requests: Any, method: str) -> Any:
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: GrpcMetrics) -> None:
+    def __init__(self, metrics: GrpcMetrics, access: AccessControl | None = None) -> None:
         self._metrics = metrics
+        self._access = access or AccessControl()
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -88,14 +114,30 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             if behaviour is not None:
                 wrapped = self._wrap(behaviour, service, method, kind, streaming_out=attr.endswith("stream"),
                                      streaming_in=attr.startswith("stream"))
-                return handler._replace(**{attr: wrapped,
-                                           "request_deserializer": _tolerant(handler.request_deserializer)})
+                return handler._replace(**{attr: wrapped, "request_deserializer": _tolerant(
+                    handler.request_deserializer, method, self._access.message_limits)})
         return handler
 
     def _wrap(self, behaviour: Callable[..., Any], service: str, method: str, kind: str,
               streaming_out: bool, streaming_in: bool) -> Callable[..., Any]:
         m = self._metrics
         labels = (service, method, kind)
+        access = self._access
+        streaming = streaming_in or streaming_out
+
+        @contextmanager
+        def admitted(context: grpc.ServicerContext) -> Iterator[Principal]:
+            principal = access.admission.admit(method, context)
+            access.rate.take(principal.name)
+            token = set_current_principal(principal)
+            try:
+                if streaming:
+                    with access.streams.hold(principal.name, method):
+                        yield principal
+                else:
+                    yield principal
+            finally:
+                reset_current_principal(token)
 
         def call(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
             if streaming_in:
@@ -117,7 +159,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             m.started.labels(*labels).inc()
             start = time.perf_counter()
             try:
-                response = call(request_or_iterator, context)
+                with admitted(context):
+                    response = call(request_or_iterator, context)
             except Exception as exc:
                 if _is_abort(exc, context):
                     finish(start, context.code() or grpc.StatusCode.UNKNOWN)
@@ -130,7 +173,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             m.started.labels(*labels).inc()
             start = time.perf_counter()
             try:
-                yield from call(request_or_iterator, context)
+                with admitted(context):
+                    yield from call(request_or_iterator, context)
             except Exception as exc:
                 if _is_abort(exc, context):
                     finish(start, context.code() or grpc.StatusCode.UNKNOWN)

@@ -15,8 +15,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from orbithash_api.v1 import orbithash_pb2
-from orbithash_serving.interceptor import GrpcMetrics, ServiceInterceptor
+from orbithash_serving.access import PeerAdmission
+from orbithash_serving.interceptor import AccessControl, GrpcMetrics, ServiceInterceptor
 from orbithash_serving.settings import ServiceSettings
+from orbithash_serving.tls import peer_names, server_credentials
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -39,12 +41,14 @@ class GrpcServer:
     """A gRPC server with the conventions every OrbitHash service shares.
 
     ``add_servicers`` registers the service's own servicers; ``service_names`` are the full names
-    (e.g. ``orbithash.v1.Gateway``) reported by health checking and reflection.
+    (e.g. ``orbithash.v1.Gateway``) reported by health checking and reflection. ``access`` says who
+    may call and how much (default: :func:`internal_access`, the rule of the internal services).
     """
 
     def __init__(self, settings: ServiceSettings, service_names: list[str],
                  add_servicers: Callable[[grpc.Server], None], registry: CollectorRegistry,
-                 ready: Callable[[], bool] | None = None, on_stop: Callable[[], None] | None = None) -> None:
+                 ready: Callable[[], bool] | None = None, on_stop: Callable[[], None] | None = None,
+                 access: AccessControl | None = None) -> None:
         self.settings = settings
         self._ready = ready
         self._on_stop = on_stop  # releases what the service holds (channels, pools) after draining
@@ -53,7 +57,7 @@ class GrpcServer:
         self._stopped = threading.Event()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers),
-            interceptors=[ServiceInterceptor(GrpcMetrics(registry))],
+            interceptors=[ServiceInterceptor(GrpcMetrics(registry), access or internal_access(settings))],
             options=CHANNEL_OPTIONS,
         )
         add_servicers(self._server)
@@ -62,12 +66,28 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self._server)
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        credentials = server_credentials(settings)
+        self.tls = credentials is not None
+        bind = f"{settings.host}:{settings.port}"
+        self.port = (self._server.add_secure_port(bind, credentials) if credentials is not None
+                     else self._server.add_insecure_port(bind))
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {settings.host}:{settings.port}")
+            raise OSError(f"cannot bind gRPC port {bind}")
+        self._health_server, self.health_port = self._plain_health_server(settings)
         self._metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host,
                                                     registry=registry)
         self.metrics_port = int(self._metrics_server.server_port)
+
+    def _plain_health_server(self, settings: ServiceSettings) -> tuple[grpc.Server | None, int | None]:
+        """Health checking alone on a plaintext port, for probes that cannot speak TLS."""
+        if settings.health_port is None:
+            return None, None
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if port == 0:
+            raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}")
+        return server, port
 
     @property
     def address(self) -> str:
@@ -75,6 +95,8 @@ class GrpcServer:
 
     def start(self) -> None:
         self._server.start()
+        if self._health_server is not None:
+            self._health_server.start()
         self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._set_health(True)
         if self._ready is not None:
@@ -109,6 +131,8 @@ class GrpcServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self._server.stop(self.settings.grace_s if grace is None else grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         if self._on_stop is not None:
             self._on_stop()
         self._metrics_server.shutdown()
@@ -126,6 +150,14 @@ class GrpcServer:
         signal.signal(signal.SIGINT, on_signal)
         done.wait()
         self.stop()
+
+
+def internal_access(settings: ServiceSettings) -> AccessControl:
+    """Behind mutual TLS only a certificate of the cluster (and of ``allowed_peers``) may call;
+    otherwise everyone, named by address."""
+    if settings.tls_client_auth:
+        return AccessControl(admission=PeerAdmission(settings.peer_names(), peer_names))
+    return AccessControl()
 
 
 def run_service(settings_class: type[S], build_server: Callable[[S], GrpcServer],

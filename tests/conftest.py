@@ -20,10 +20,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture()
 def redis_client(redis_server: RedisServer):
+    """An admin client on an emptied Redis."""
     client = redis_server.client()
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture()
+def shard0_redis(redis_server: RedisServer) -> dict[str, str]:
+    """``IndexSettings`` fields that point shard 0 at ``redis_server`` as its own ACL user."""
+    username, password_file = redis_server.shard_credentials(0)
+    return {"redis_url": redis_server.url, "redis_username": username, "redis_password_file": str(password_file)}
 
 
 @pytest.fixture(scope="session")

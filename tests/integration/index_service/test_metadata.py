@@ -28,8 +28,9 @@ VERSION = "v1"
 T0 = 1_684_000_000.0
 
 
-def make_shard(url: str) -> Shard:
-    client = redis.Redis.from_url(url, socket_timeout=30)
+def make_shard(server: RedisServer) -> Shard:
+    """Shard 0 connected as its own Redis user, as the launcher runs it."""
+    client = server.client("shard-0", socket_timeout=30)
     shard = Shard(0, ShardStore(client, 0, BITS, VERSION), BITS, VERSION, max_k=1000, max_batch=256,
                   registry=CollectorRegistry())
     shard.open()
@@ -66,7 +67,7 @@ def hit_ids(shard: Shard, code: bytes, f: SceneFilter | None, k: int = 100, **kw
 
 def test_filters_apply_before_ranking_and_hits_carry_what_was_asked(redis_client: redis.Redis,
                                                                     redis_server: RedisServer) -> None:
-    shard = make_shard(redis_server.url)
+    shard = make_shard(redis_server)
     ids, codes = fill(shard, 40)
     q = codes[0]
     sar = SceneFilter(sensors=frozenset({"SAR"}))
@@ -96,7 +97,7 @@ def test_filters_apply_before_ranking_and_hits_carry_what_was_asked(redis_client
 
 
 def test_metadata_survives_a_shard_restart(redis_client: redis.Redis, redis_server: RedisServer) -> None:
-    shard = make_shard(redis_server.url)
+    shard = make_shard(redis_server)
     ids, codes = fill(shard, 30)
     shard.add([ids[7]], [codes[7]], [0], BITS, VERSION)  # replaced without metadata or thumbnail: both go
     shard.add(["bare"], [codes[9]], [0], BITS, VERSION)  # the last slot, without metadata
@@ -106,7 +107,7 @@ def test_metadata_survives_a_shard_restart(redis_client: redis.Redis, redis_serv
                SceneFilter(sensors=frozenset({""}))]
     before = [hit_ids(shard, codes[1], f) for f in filters]
     assert sorted(before[-1]) == ["bare", ids[7]]  # "" stands for items without a sensor
-    restarted = make_shard(redis_server.url)
+    restarted = make_shard(redis_server)
     assert [hit_ids(restarted, codes[1], f) for f in filters] == before
     assert ids[7] not in before[0] and ids[8] not in before[0]
     found, _ = restarted.get(ids[:10], with_metadata=True, with_thumbnails=True)
@@ -118,7 +119,7 @@ def test_metadata_survives_a_shard_restart(redis_client: redis.Redis, redis_serv
 
 def test_update_metadata_changes_filters_and_only_existing_items(redis_client: redis.Redis,
                                                                  redis_server: RedisServer) -> None:
-    shard = make_shard(redis_server.url)
+    shard = make_shard(redis_server)
     ids, codes = fill(shard, 20)
     oli = SceneFilter(sensors=frozenset({"OLI"}))
     assert hit_ids(shard, codes[0], oli) == []
@@ -134,7 +135,7 @@ def test_update_metadata_changes_filters_and_only_existing_items(redis_client: r
     assert not redis_client.hexists(shard._store.keys["metadata"], ids[4])
     found, _ = shard.get([ids[3]], with_metadata=True, with_thumbnails=True)
     assert found[0].code == codes[3] and found[0].label == 3 and found[0].thumbnail == b""  # the rest stays
-    restarted = make_shard(redis_server.url)
+    restarted = make_shard(redis_server)
     assert hit_ids(restarted, codes[0], oli) == [ids[3]]
     assert restarted.get([ids[3]], with_metadata=True)[0][0].metadata == SceneMeta(sensor="OLI",
                                                                                    attributes={"tile": "T7"})
@@ -142,7 +143,7 @@ def test_update_metadata_changes_filters_and_only_existing_items(redis_client: r
 
 def test_delete_removes_metadata_and_a_reused_slot_starts_clean(redis_client: redis.Redis,
                                                                  redis_server: RedisServer) -> None:
-    shard = make_shard(redis_server.url)
+    shard = make_shard(redis_server)
     ids, codes = fill(shard, 10)
     keys = shard._store.keys
     shard.delete([ids[2], ids[3]])
@@ -159,7 +160,7 @@ def test_delete_removes_metadata_and_a_reused_slot_starts_clean(redis_client: re
 
 
 def test_bad_metadata_or_thumbnail_stores_nothing(redis_client: redis.Redis, redis_server: RedisServer) -> None:
-    shard = make_shard(redis_server.url)
+    shard = make_shard(redis_server)
     ids, codes = fill(shard, 4)
     before = snapshot(redis_client)
     cases = [
@@ -189,7 +190,7 @@ def test_filtered_searches_stay_exact_while_slots_are_reused(redis_client: redis
     """Writers delete items and add others into the freed slots with other metadata while readers
     search with a filter: every hit must pass the filter by the metadata it is returned with (a mask
     taken before a slot changed hands would let the new item through)."""
-    shard = make_shard(redis_server.url)
+    shard = make_shard(redis_server)
     _, codes = fill(shard, 60)
     q = codes[0]
     msi = SceneFilter(sensors=frozenset({"MSI"}))
@@ -244,8 +245,9 @@ def test_store_round_trip_of_blobs(redis_client: redis.Redis) -> None:
         store.upsert(["a", "b", "c", "d"], codes, np.zeros(4, np.int32), metadata=[b""] * 3)
 
 
-def test_grpc_add_search_get_update_and_invalid_argument(redis_client: redis.Redis, redis_server: RedisServer) -> None:
-    server = build_server(IndexSettings(redis_url=redis_server.url, bits=BITS, model_version=VERSION, shard=0,
+def test_grpc_add_search_get_update_and_invalid_argument(redis_client: redis.Redis,
+                                                         shard0_redis: dict[str, str]) -> None:
+    server = build_server(IndexSettings(**shard0_redis, bits=BITS, model_version=VERSION, shard=0,
                                         metrics_port=0, port=0))
     server.start()
     try:

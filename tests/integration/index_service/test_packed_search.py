@@ -14,14 +14,13 @@ from index_service.__main__ import build_server
 from index_service.settings import IndexSettings
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
-from orbithash_local.redis_server import RedisServer
 
 BITS = 64
 VERSION = "v1"
 
 
-def test_packed_answers_equal_the_old_ones(redis_client: redis.Redis, redis_server: RedisServer) -> None:
-    server = build_server(IndexSettings(redis_url=redis_server.url, bits=BITS, model_version=VERSION, shard=0,
+def test_packed_answers_equal_the_old_ones(redis_client: redis.Redis, shard0_redis: dict[str, str]) -> None:
+    server = build_server(IndexSettings(**shard0_redis, bits=BITS, model_version=VERSION, shard=0,
                                         metrics_port=0, port=0))
     server.start()
     packed, old = ShardClient(0, server.address), ShardClient(0, server.address, packed=False)

@@ -23,8 +23,9 @@ BITS = 64
 VERSION = "v1"
 
 
-def make_shard(url: str, **kw: int) -> Shard:
-    client = redis.Redis.from_url(url, socket_timeout=30)
+def make_shard(server: RedisServer, **kw: int) -> Shard:
+    """Shard 0 connected as its own Redis user, as the launcher runs it."""
+    client = server.client("shard-0", socket_timeout=30)
     shard = Shard(0, ShardStore(client, 0, BITS, VERSION), BITS, VERSION, max_k=kw.get("max_k", 1000),
                   max_batch=kw.get("max_batch", 64), registry=CollectorRegistry())
     shard.open()
@@ -39,7 +40,7 @@ def test_searches_go_on_while_a_write_hangs_in_redis(tmp_path: Path) -> None:
     """A write stuck in a stopped Redis must not hold up searches (they read the mirror only)."""
     server = RedisServer(tmp_path / "redis")
     try:
-        shard = make_shard(server.url)
+        shard = make_shard(server)
         rng = np.random.default_rng(0)
         stored = codes(rng, 20)
         shard.add([f"a{i}" for i in range(20)], stored, [0] * 20, BITS, VERSION)
@@ -65,7 +66,7 @@ def test_searches_go_on_while_a_write_hangs_in_redis(tmp_path: Path) -> None:
 
 
 def test_inputs_are_checked_before_any_write(redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    shard = make_shard(redis_server.url, max_batch=4)
+    shard = make_shard(redis_server, max_batch=4)
     rng = np.random.default_rng(1)
     good = codes(rng, 2)
     cases = [
@@ -89,7 +90,7 @@ def test_a_write_that_timed_out_in_a_stopped_redis_is_never_applied(tmp_path: Pa
     """The caller was told the write failed; when Redis resumes, the queued script must not land."""
     server = RedisServer(tmp_path / "redis")
     try:
-        client = redis.Redis.from_url(server.url, socket_timeout=0.5)
+        client = server.client("shard-0", socket_timeout=0.5)
         shard = Shard(0, ShardStore(client, 0, BITS, VERSION), BITS, VERSION, max_k=10, max_batch=64,
                       registry=CollectorRegistry())
         shard.open()
@@ -103,7 +104,7 @@ def test_a_write_that_timed_out_in_a_stopped_redis_is_never_applied(tmp_path: Pa
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
         time.sleep(0.3)  # Redis now runs what it had buffered
-        check = redis.Redis.from_url(server.url)
+        check = server.client()
         assert check.hexists("orbithash:{shard-0}:id_to_slot", "kept")
         assert not check.hexists("orbithash:{shard-0}:id_to_slot", "late"), "a timed-out write landed later"
         assert shard.get(["late"]) == ([], ["late"])

@@ -260,7 +260,7 @@ def test_unreachable_redis_raises_unavailable(tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, redis.ConnectionError)
     # A server that goes away mid-life: writes fail as Unavailable, not as a crash.
     server = RedisServer(tmp_path / "gone")
-    live = ShardStore(redis.Redis.from_url(server.url, retry=retry, socket_connect_timeout=0.5), 0, 64, "m")
+    live = ShardStore(server.client("shard-0", retry=retry, socket_connect_timeout=0.5), 0, 64, "m")
     live.claim()
     server.stop()
     with pytest.raises(Unavailable):

@@ -12,7 +12,7 @@ from orbithash_cli import commands
 def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     """A fake that every command in this test talks to instead of a gateway."""
     fake = FakeClient()
-    monkeypatch.setattr(commands, "connect", lambda address: fake)
+    monkeypatch.setattr(commands, "connect", lambda address, **security: fake)
     return fake
 
 

@@ -3,18 +3,29 @@ ports, shard addresses, the CPU overlay, metric names, and the GPU Triton config
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import importlib.util
 import json
 import os
 import re
+import shutil
+import socket
+import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import text_format
 from support import REPO
 from tritonclient.grpc import model_config_pb2
@@ -161,6 +172,7 @@ def test_env_vars_are_settings_fields(monkeypatch: pytest.MonkeyPatch) -> None:
         assert settings.host == "0.0.0.0", f"{module} must listen on the pod's address"
         ports = container_ports(container)
         assert (settings.port, settings.metrics_port) == (ports["grpc"], ports["metrics"]), module
+        assert settings.health_port == ports["health"], f"{module}: the kubelet's plaintext health port"
 
 
 def test_index_pods_take_the_shard_from_their_ordinal(tmp_path: Path) -> None:
@@ -172,7 +184,12 @@ def test_index_pods_take_the_shard_from_their_ordinal(tmp_path: Path) -> None:
     for hostname, shard in [("orbithash-index-0", "0"), ("orbithash-index-12", "12")]:
         out = subprocess.run(container["command"], env={**env, "HOSTNAME": hostname}, capture_output=True,
                              text=True, check=True)
-        assert out.stdout.split() == ["-m", "index_service", "--shard", shard]
+        assert out.stdout.split() == ["-m", "index_service", "--shard", shard,
+                                      "--redis-username", f"shard-{shard}",
+                                      "--redis-password-file", f"/etc/orbithash/redis/shard-{shard}"]
+        flags = out.stdout.split()[2:]
+        parsed = IndexSettings.from_argv([*flags, "--model-version", "v1"])  # every flag is a real field
+        assert (parsed.shard, parsed.redis_username) == (int(shard), f"shard-{shard}")
     bad = subprocess.run(container["command"], env={**env, "HOSTNAME": "index"}, capture_output=True)
     assert bad.returncode != 0
 
@@ -268,7 +285,7 @@ def test_encoder_and_shards_reach_triton_and_redis() -> None:
     assert triton_url == "triton:8001" and resolve(triton_url) == ("triton", 8001)
     index = next(c for module, c in service_containers() if module == "index_service")
     url = urlsplit(container_env(index)["ORBITHASH_INDEX_REDIS_URL"])
-    assert url.scheme == "redis" and resolve(url.netloc)[0] == "orbithash-redis"
+    assert url.scheme == "rediss" and resolve(url.netloc)[0] == "orbithash-redis"  # TLS to Redis
     redis = find("StatefulSet", "orbithash-redis")["spec"]
     args = redis["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
@@ -306,7 +323,7 @@ def test_triton_serves_the_repository_on_one_gpu() -> None:
     assert triton["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
     assert triton["command"] == ["tritonserver"] and "--model-repository=/models" in triton["args"]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert set(container_ports(triton).values()) == {8000, 8001, 8002}
+    assert set(container_ports(triton).values()) == {8001, 8002}  # gRPC (TLS) and metrics; no HTTP
 
 
 def test_cpu_overlay_replaces_the_gpu() -> None:
@@ -449,3 +466,477 @@ def test_make_gpu_config_refuses_what_export_did_not_write(tmp_path: Path) -> No
     (tmp_path / "orbithash" / "config.pbtxt").write_text(triton_config(FACTS, "orbithash"))
     with pytest.raises(SystemExit):
         mgc.main([str(tmp_path), str(tmp_path)])
+
+
+# -- security: Secrets, TLS, NetworkPolicies ----------------------------------------------------
+
+MAKE_SECRETS = DEPLOY / "k8s" / "make_secrets.py"
+SECRETS_CACHE: dict[str, object] = {}
+
+
+def run_make_secrets(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAKE_SECRETS), str(out), *extra], capture_output=True, text=True,
+                          check=True, cwd=REPO)
+
+
+def secret_docs(path: Path) -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert all(d["kind"] == "Secret" for d in docs)
+    return {d["metadata"]["name"]: d for d in docs}
+
+
+def decoded(doc: dict) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in doc["data"].items()}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict], str]:
+    """make_secrets.py run once into a tmp dir: (folder, Secrets by name, the printed token)."""
+    out = tmp_path_factory.mktemp("secrets")
+    proc = run_make_secrets(out, "--admin-token", "ops", "--role", "admin", "--expires", "2030-01-01T00:00:00Z")
+    token = proc.stderr.strip().splitlines()[-1]
+    return out, secret_docs(out / "secrets.yaml"), token
+
+
+def workload_secret_refs() -> list[tuple[str, str, list[str]]]:
+    """(object, Secret name, keys it needs) for every Secret the base's workloads and Ingress use."""
+    refs = []
+    for doc in base_docs():
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in WORKLOADS:
+            spec = doc["spec"]["template"]["spec"]
+            for vol in spec.get("volumes", []):
+                if "secret" in vol:
+                    refs.append((name, vol["secret"]["secretName"], [i["key"] for i in vol["secret"].get("items", [])]))
+            for c in spec["containers"] + spec.get("initContainers", []):
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        refs.append((name, ref["name"], [ref["key"]]))
+                for source in c.get("envFrom", []):
+                    if "secretRef" in source:
+                        refs.append((name, source["secretRef"]["name"], []))
+        if doc["kind"] == "Ingress":
+            refs += [(name, t["secretName"], ["tls.crt", "tls.key"]) for t in doc["spec"].get("tls", [])]
+            for key, value in doc["metadata"].get("annotations", {}).items():
+                if key.endswith("proxy-ssl-secret"):
+                    refs.append((name, value.split("/", 1)[1], ["ca.crt"]))
+    return refs
+
+
+def mounted_files(container: dict, spec: dict) -> dict[str, tuple[str, str]]:
+    """Absolute path -> (Secret name, key) of every file a Secret volume puts in the container."""
+    secrets_by_volume = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    files = {}
+    for m in container.get("volumeMounts", []):
+        if m["name"] in secrets_by_volume:
+            assert m.get("readOnly") is True, f"{container['name']}: Secret {m['name']} must be mounted read-only"
+            assert "subPath" not in m, f"{container['name']}: subPath mounts never see a rotated Secret"
+            files[m["mountPath"]] = (secrets_by_volume[m["name"]], "")
+    return files
+
+
+def secret_file(container: dict, spec: dict, path: str, secrets: dict[str, dict]) -> bytes:
+    """The content a path in the container has once the generated Secrets are mounted."""
+    for mount, (secret_name, _) in mounted_files(container, spec).items():
+        if path.startswith(mount + "/"):
+            return decoded(secrets[secret_name])[path[len(mount) + 1:]]
+    raise AssertionError(f"{container['name']}: {path} is on no mounted Secret")
+
+
+def test_no_key_material_is_checked_in() -> None:
+    for path in (DEPLOY / "k8s").rglob("*"):
+        if path.is_file() and path.suffix in {".yaml", ".yml", ".env", ".pem", ".key", ".crt", ".json", ".acl"}:
+            text = path.read_text()
+            assert "PRIVATE KEY" not in text and "BEGIN CERTIFICATE" not in text, path
+            assert not any(isinstance(d, dict) and d.get("kind") == "Secret" for d in yaml.safe_load_all(text)
+                           if path.suffix in {".yaml", ".yml"}), f"{path}: Secrets come from make_secrets.py"
+    assert "secrets.local" in (DEPLOY / "k8s" / ".gitignore").read_text()
+
+
+def test_every_referenced_secret_is_generated(generated) -> None:
+    _, secrets, _ = generated
+    refs = workload_secret_refs()
+    used = {name for _, name, _ in refs}
+    assert {"orbithash-gateway-tls", "orbithash-encoder-tls", "orbithash-index-tls", "orbithash-triton-tls",
+            "orbithash-redis-tls", "orbithash-gateway-tokens", "orbithash-redis-acl", "orbithash-redis-shards",
+            "orbithash-gateway-public-tls", "orbithash-ca"} <= used
+    for owner, name, keys in refs:
+        assert name in secrets, f"{owner} uses Secret {name}, which make_secrets.py does not write"
+        assert set(keys) <= set(secrets[name]["data"]), f"{owner}: Secret {name} lacks {keys}"
+    for name, doc in secrets.items():
+        assert doc["metadata"]["namespace"] == "orbithash"
+        if name.endswith("-tls"):
+            assert doc["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key"} <= set(doc["data"]), name
+
+
+def test_services_read_their_settings_files_from_mounted_secrets(generated, monkeypatch) -> None:
+    """Every *_file / tls_* path a service is given lies on a read-only Secret mount that has that key."""
+    _, secrets, _ = generated
+    checked = 0
+    for doc in base_docs():
+        if doc["kind"] not in WORKLOADS:
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        for c in spec["containers"]:
+            env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+            paths = [v for k, v in env.items() if re.search(r"_(TLS_CERT|TLS_KEY|TLS_CA|TOKENS_FILE)$", k)]
+            if "index_service" in " ".join(c.get("command", [])):
+                paths += ["/etc/orbithash/redis/shard-0", "/etc/orbithash/redis/shard-1"]
+            for path in paths:
+                assert secret_file(c, spec, path, secrets), path
+                checked += 1
+    assert checked >= 3 * 3 + 1 + 2
+
+
+def test_internal_services_require_the_gateways_certificate(monkeypatch) -> None:
+    for module, container in service_containers():
+        for name in list(os.environ):
+            if name.startswith("ORBITHASH_"):
+                monkeypatch.delenv(name)
+        for name, value in container_env(container).items():
+            monkeypatch.setenv(name, value)
+        settings = SETTINGS[module]()
+        assert settings.tls_cert and settings.tls_key and settings.tls_ca, f"{module}: TLS on its gRPC port"
+        if module == "gateway":
+            assert settings.tokens_file, "the public API needs bearer tokens"
+            assert not settings.tls_client_auth  # public clients authenticate with tokens, not certificates
+        else:
+            assert settings.tls_client_auth and settings.peer_names() == {"gateway"}, module
+        if module == "encoder_service":
+            assert settings.triton_tls and settings.triton_url == "triton:8001"
+        if module == "index_service":
+            assert settings.redis_url.startswith("rediss://")
+
+
+def test_redis_is_tls_only_with_acl_and_protected_mode() -> None:
+    redis = find("StatefulSet", "orbithash-redis")["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+
+    def value(flag: str) -> str:
+        assert args.count(flag) == 1, flag
+        return args[args.index(flag) + 1]
+
+    assert value("--port") == "0", "no plaintext Redis port"
+    assert value("--tls-port") == "6379" == str(container_ports(redis)["redis"])
+    assert value("--tls-auth-clients") == "yes" and value("--protected-mode") == "yes"
+    for flag in ("--tls-cert-file", "--tls-key-file", "--tls-ca-cert-file", "--aclfile"):
+        assert value(flag).startswith("/etc/redis/"), flag
+    bind = args[args.index("--bind") + 1:]
+    bind = bind[:next((i for i, a in enumerate(bind) if a.startswith("--")), len(bind))]
+    assert bind == ["$(POD_IP)", "127.0.0.1"], "bound to the pod's address and loopback only"
+    assert "requirepass" not in " ".join(args)
+    probe = " ".join(redis["readinessProbe"]["exec"]["command"])
+    assert "--tls" in probe and "--user probe" in probe and "grep -qx PONG" in probe
+
+
+def test_triton_has_mutual_tls_and_no_http() -> None:
+    triton = find("Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    args = dict(a.split("=", 1) for a in triton["args"])
+    assert args["--allow-http"] == "false"
+    assert args["--grpc-use-ssl"] == "true" and args["--grpc-use-ssl-mutual"] == "true"
+    for flag in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
+        assert args[flag].startswith("/etc/triton/tls/"), flag
+    assert "http" not in container_ports(triton)
+    assert 8000 not in {p["port"] for p in find("Service", "triton")["spec"]["ports"]}
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "httpGet" not in triton[kind]
+
+
+def test_probes_use_the_plaintext_health_port() -> None:
+    for module, container in service_containers():
+        ports = container_ports(container)
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if kind in container:
+                assert container[kind]["grpc"]["port"] == ports["health"] != ports["grpc"], f"{module} {kind}"
+
+
+# NetworkPolicy, evaluated: which pods may open a connection to which pod port.
+
+NAMESPACE = "orbithash"
+NAMESPACE_LABELS = {
+    NAMESPACE: {"kubernetes.io/metadata.name": NAMESPACE},
+    "ingress-nginx": {"kubernetes.io/metadata.name": "ingress-nginx"},
+    "monitoring": {"kubernetes.io/metadata.name": "monitoring"},
+    "default": {"kubernetes.io/metadata.name": "default"},
+}
+OUTSIDERS = [  # (name, namespace, labels) of pods outside the base
+    ("ingress-controller", "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+    ("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
+    ("stranger", "default", {"app.kubernetes.io/name": "anything"}),
+    ("stranger-in-orbithash", NAMESPACE, {"app.kubernetes.io/name": "debug"}),
+    ("fake-prometheus", "default", {"app.kubernetes.io/name": "prometheus"}),
+]
+
+
+def matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if not (selector.get("matchLabels") or {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def peer_allows(peer: dict, policy_ns: str, ns: str, labels: dict[str, str]) -> bool:
+    if "ipBlock" in peer:
+        return ns not in NAMESPACE_LABELS or True  # an address range: anyone, as far as labels can tell
+    if "namespaceSelector" in peer:
+        if not matches(peer["namespaceSelector"], NAMESPACE_LABELS[ns]):
+            return False
+    elif ns != policy_ns:
+        return False
+    return matches(peer.get("podSelector"), labels)
+
+
+def port_allows(rule_ports: list[dict] | None, target_ports: dict[str, int], port: int) -> bool:
+    if not rule_ports:
+        return True
+    for p in rule_ports:
+        wanted = p.get("port")
+        number = target_ports.get(wanted) if isinstance(wanted, str) else wanted
+        if wanted is None or number == port:
+            return True
+    return False
+
+
+def allowed(policies: list[dict], target_labels: dict, target_ports: dict, port: int,
+            source_ns: str, source_labels: dict) -> bool:
+    selecting = [p for p in policies if matches(p["spec"]["podSelector"], target_labels)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return True  # a pod no policy selects is not isolated
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            peers = rule.get("from")
+            if (not peers or any(peer_allows(peer, NAMESPACE, source_ns, source_labels) for peer in peers)) \
+                    and port_allows(rule.get("ports"), target_ports, port):
+                return True
+    return False
+
+
+def base_pods() -> dict[str, tuple[dict[str, str], dict[str, int]]]:
+    """app name -> (pod labels as kustomize renders them, container ports by name)."""
+    pods = {}
+    for doc in base_docs():
+        if doc["kind"] in WORKLOADS:
+            template = doc["spec"]["template"]
+            labels = {**template["metadata"]["labels"], "app.kubernetes.io/part-of": "orbithash"}
+            ports = {k: v for c in template["spec"]["containers"] for k, v in container_ports(c).items()}
+            pods[labels["app.kubernetes.io/name"]] = (labels, ports)
+    return pods
+
+
+def who_reaches(policies: list[dict], target: str, port_name: str) -> set[str]:
+    pods = base_pods()
+    labels, ports = pods[target]
+    sources = [(name, NAMESPACE, lab) for name, (lab, _) in pods.items()] + OUTSIDERS
+    return {name for name, ns, lab in sources if allowed(policies, labels, ports, ports[port_name], ns, lab)}
+
+
+def network_policies() -> list[dict]:
+    return [d for d in base_docs() if d["kind"] == "NetworkPolicy"]
+
+
+def test_network_policy_evaluator_can_say_no_and_yes() -> None:
+    deny = {"spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    allow_all = {"spec": {"podSelector": {}, "ingress": [{}]}}
+    assert who_reaches([], "orbithash-redis", "redis") >= {"stranger", "orbithash-gateway"}
+    assert who_reaches([deny], "orbithash-redis", "redis") == set()
+    assert "stranger" in who_reaches([deny, allow_all], "orbithash-redis", "redis")
+    wrong_port = {"spec": {"podSelector": {}, "ingress": [{"ports": [{"port": "metrics"}]}]}}
+    assert who_reaches([deny, wrong_port], "orbithash-redis", "redis") == set()
+
+
+def test_default_deny_ingress() -> None:
+    denies = [p for p in network_policies() if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")
+              and "Ingress" in p["spec"]["policyTypes"]]
+    assert denies, "no default-deny NetworkPolicy"
+    for name in base_pods():
+        assert any(matches(p["spec"]["podSelector"], base_pods()[name][0]) for p in denies), name
+
+
+def test_network_policies_allow_only_the_callers_of_each_hop() -> None:
+    policies = network_policies()
+    assert who_reaches(policies, "orbithash-gateway", "grpc") == {"ingress-controller"}
+    assert who_reaches(policies, "orbithash-encoder", "grpc") == {"orbithash-gateway"}
+    assert who_reaches(policies, "orbithash-index", "grpc") == {"orbithash-gateway"}
+    assert who_reaches(policies, "orbithash-redis", "redis") == {"orbithash-index"}
+    assert who_reaches(policies, "triton", "grpc") == {"orbithash-encoder"}
+    for name, (_, ports) in base_pods().items():
+        if "metrics" in ports:
+            assert who_reaches(policies, name, "metrics") == {"prometheus"}, name
+        if "health" in ports:  # the kubelet's probes come from the node, which NetworkPolicy always allows
+            assert who_reaches(policies, name, "health") == set(), name
+
+
+def test_gateway_route_is_tls_end_to_end(generated) -> None:
+    _, secrets, _ = generated
+    [ingress] = [d for d in base_docs() if d["kind"] == "Ingress"]
+    notes = ingress["metadata"]["annotations"]
+    assert notes["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    assert notes["nginx.ingress.kubernetes.io/proxy-ssl-verify"] == "on"
+    assert notes["nginx.ingress.kubernetes.io/proxy-ssl-secret"] == f"{NAMESPACE}/orbithash-ca"
+    [tls] = ingress["spec"]["tls"]
+    [rule] = ingress["spec"]["rules"]
+    assert rule["host"] in tls["hosts"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "orbithash-gateway", "port": {"name": "grpc"}}
+    public = x509.load_pem_x509_certificate(decoded(secrets[tls["secretName"]])["tls.crt"])
+    assert rule["host"] in public.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName)
+    gateway = x509.load_pem_x509_certificate(decoded(secrets["orbithash-gateway-tls"])["tls.crt"])
+    assert notes["nginx.ingress.kubernetes.io/proxy-ssl-name"] in gateway.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
+# make_secrets.py
+
+def cert_names(pem: bytes) -> tuple[str, list[str]]:
+    cert = x509.load_pem_x509_certificate(pem)
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    return cn, cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+
+
+def test_make_secrets_certificates_verify_against_its_ca(generated) -> None:
+    _, secrets, _ = generated
+    ca = x509.load_pem_x509_certificate(decoded(secrets["orbithash-ca"])["ca.crt"])
+    dialed = {  # identity -> the host names its peers dial (the manifests' addresses)
+        "gateway": ["orbithash-gateway"], "encoder": ["orbithash-encoder"], "triton": ["triton"],
+        "index": ["orbithash-index-0.orbithash-index", "orbithash-index-1.orbithash-index"],
+        "redis": ["orbithash-redis-0.orbithash-redis"],
+    }
+    for identity, hosts in dialed.items():
+        data = decoded(secrets[f"orbithash-{identity}-tls"])
+        assert data["ca.crt"] == decoded(secrets["orbithash-ca"])["ca.crt"]
+        cert = x509.load_pem_x509_certificate(data["tls.crt"])
+        cert.verify_directly_issued_by(ca)
+        cn, dns = cert_names(data["tls.crt"])
+        assert cn == identity and set(hosts) <= set(dns), identity
+        key = serialization.load_pem_private_key(data["tls.key"], password=None)
+        assert key.public_key().public_numbers() == cert.public_key().public_numbers(), identity
+    other_ca = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(InvalidSignature):  # the check above can fail: a certificate of another CA does not verify
+        x509.load_pem_x509_certificate(decoded(secrets["orbithash-gateway-tls"])["tls.crt"]).verify_directly_issued_by(
+            x509.CertificateBuilder().subject_name(ca.subject).issuer_name(ca.subject)
+            .public_key(other_ca.public_key()).serial_number(1).not_valid_before(ca.not_valid_before_utc)
+            .not_valid_after(ca.not_valid_after_utc).sign(other_ca, hashes.SHA256()))
+
+
+def test_make_secrets_stores_the_token_only_hashed(generated) -> None:
+    out, secrets, token = generated
+    assert len(token) >= 32
+    tokens = json.loads(decoded(secrets["orbithash-gateway-tokens"])["tokens.json"])
+    assert tokens == {"tokens": [{"name": "ops", "role": "admin", "sha256": hashlib.sha256(token.encode()).hexdigest(),
+                                  "expires": "2030-01-01T00:00:00Z"}]}
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), f"{path} holds the token in clear"
+    assert stat.S_IMODE((out / "secrets.yaml").stat().st_mode) == 0o600
+
+
+def test_make_secrets_redis_acl_hashes_passwords_and_confines_shards(generated) -> None:
+    _, secrets, _ = generated
+    acl = decoded(secrets["orbithash-redis-acl"])["users.acl"].decode()
+    passwords = {k: v.decode() for k, v in decoded(secrets["orbithash-redis-shards"]).items()}
+    assert set(passwords) == {"shard-0", "shard-1"}
+    users = {line.split()[1]: line.split()[2:] for line in acl.splitlines()}
+    assert users["default"][:2] == ["off", "resetpass"]  # nobody can authenticate as it
+    for user, password in passwords.items():
+        rules = users[user]
+        assert password not in acl and f"#{hashlib.sha256(password.encode()).hexdigest()}" in rules
+        assert [r for r in rules if r.startswith("~")] == [f"~orbithash:{{{user}}}:*"]
+        assert rules.index("-@all") < min(i for i, r in enumerate(rules) if r.startswith("+")) and "+@all" not in rules
+        assert not [r for r in rules if r.startswith("+@")]  # single commands, no categories
+        assert not {"+flushall", "+config", "+keys", "+debug", "+acl", "+shutdown", "allkeys", "nopass"} & set(rules)
+    assert users["probe"][-2:] == ["-@all", "+ping"]
+
+
+def test_make_secrets_reuses_state_and_rotates(tmp_path: Path) -> None:
+    run_make_secrets(tmp_path, "--admin-token", "a")
+    first = secret_docs(tmp_path / "secrets.yaml")
+    run_make_secrets(tmp_path, "--admin-token", "b")
+    second = secret_docs(tmp_path / "secrets.yaml")
+    assert first["orbithash-ca"] == second["orbithash-ca"]
+    assert first["orbithash-redis-shards"] == second["orbithash-redis-shards"]
+    assert [t["name"] for t in json.loads(decoded(second["orbithash-gateway-tokens"])["tokens.json"])["tokens"]] \
+        == ["a", "b"]
+    run_make_secrets(tmp_path, "--renew-certs", "--rotate-redis-passwords", "--revoke-token", "a")
+    third = secret_docs(tmp_path / "secrets.yaml")
+    assert first["orbithash-ca"] == third["orbithash-ca"]
+    assert decoded(first["orbithash-index-tls"])["tls.crt"] != decoded(third["orbithash-index-tls"])["tls.crt"]
+    old, new = decoded(second["orbithash-redis-shards"]), decoded(third["orbithash-redis-shards"])
+    assert old["shard-0"] != new["shard-0"]
+    acl = decoded(third["orbithash-redis-acl"])["users.acl"].decode()
+    for password in (old["shard-0"], new["shard-0"]):  # both valid until the next run
+        assert hashlib.sha256(password).hexdigest() in acl
+    assert [t["name"] for t in json.loads(decoded(third["orbithash-gateway-tokens"])["tokens.json"])["tokens"]] == ["b"]
+    run_make_secrets(tmp_path)
+    assert hashlib.sha256(old["shard-0"]).hexdigest() not in \
+        decoded(secret_docs(tmp_path / "secrets.yaml")["orbithash-redis-acl"])["users.acl"].decode()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_redis_accepts_the_generated_acl_and_tls(generated, tmp_path: Path) -> None:
+    """The real redis-server, started with the manifest's TLS and ACL flags and the generated files."""
+    import redis as redis_py
+
+    _, secrets, _ = generated
+    for name in ("orbithash-redis-tls", "orbithash-redis-acl", "orbithash-index-tls", "orbithash-redis-shards"):
+        for key, value in decoded(secrets[name]).items():
+            (tmp_path / f"{name}.{key}").write_bytes(value)
+    container = find("StatefulSet", "orbithash-redis")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"][1:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    files = {"/etc/redis/tls/": "orbithash-redis-tls.", "/etc/redis/acl/": "orbithash-redis-acl."}
+    real = []
+    for a in args:
+        for prefix, local in files.items():
+            a = a.replace(prefix, str(tmp_path / local))
+        real.append({"$(POD_IP)": "127.0.0.2", "6379": str(port), "/data": str(tmp_path), "always": "no"}.get(a, a))
+    server = subprocess.Popen(["redis-server", *real, "--save", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def client(user: str | None, password: str | None) -> redis_py.Redis:
+            return redis_py.Redis(host="127.0.0.1", port=port, ssl=True, username=user, password=password,
+                                  ssl_ca_certs=str(tmp_path / "orbithash-redis-tls.ca.crt"),
+                                  ssl_certfile=str(tmp_path / "orbithash-index-tls.tls.crt"),
+                                  ssl_keyfile=str(tmp_path / "orbithash-index-tls.tls.key"), socket_timeout=5)
+        deadline = time.monotonic() + 10
+        shard0 = client("shard-0", (tmp_path / "orbithash-redis-shards.shard-0").read_text())
+        while True:
+            try:
+                assert shard0.ping()
+                break
+            except redis_py.ConnectionError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        shard0.setrange("orbithash:{shard-0}:meta", 0, "x")
+        script = shard0.register_script("return redis.call('GET', KEYS[1])")  # EVALSHA, as the store runs them
+        assert script(keys=["orbithash:{shard-0}:meta"]) == b"x"
+        for forbidden in (lambda: shard0.get("orbithash:{shard-1}:meta"), shard0.flushall,
+                          lambda: shard0.keys("*"), lambda: shard0.config_get("*"), shard0.acl_list,
+                          lambda: shard0.execute_command("SCRIPT", "FLUSH")):
+            with pytest.raises(redis_py.exceptions.NoPermissionError):
+                forbidden()
+        with pytest.raises(redis_py.exceptions.AuthenticationError):
+            client("shard-1", "wrong").ping()
+        with pytest.raises((redis_py.exceptions.AuthenticationError, redis_py.exceptions.ResponseError)):
+            # the default user is off: without a user and password nothing runs
+            client(None, None).get("orbithash:{shard-0}:meta")
+        probe = client("probe", (tmp_path / "orbithash-redis-acl.probe-password").read_text())
+        assert probe.ping()
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            probe.get("orbithash:{shard-0}:meta")
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -1,0 +1,105 @@
+"""Limits per client that hold under abuse: a request rate (token bucket), concurrent streams, and
+the size of one request message per method. Each refusal is RESOURCE_EXHAUSTED with what was
+exceeded and when to retry.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+from orbithash import ResourceExhausted
+
+MIB = 1024 * 1024
+MAX_TRACKED_CLIENTS = 100_000  # buckets of idle clients are dropped beyond this many
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests a second, bursts of up to ``burst``.
+
+    ``rate`` 0 turns it off. Idle full buckets are forgotten, so a stream of new client names
+    cannot grow it without bound.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # client → (tokens, at)
+
+    def take(self, client: str) -> None:
+        if self.rate <= 0:
+            return
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+            if tokens < 1.0:
+                self._buckets[client] = (tokens, now)
+                wait_ms = math.ceil((1.0 - tokens) / self.rate * 1000)
+                raise ResourceExhausted(f"rate limit for {client!r}: {self.rate:g} requests/s (bursts of "
+                                        f"{self.burst}) exceeded; retry in {wait_ms} ms")
+            self._buckets[client] = (tokens - 1.0, now)
+            if len(self._buckets) > MAX_TRACKED_CLIENTS:
+                self._forget_idle(now)
+
+    def _forget_idle(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        for client in [c for c, (_, at) in self._buckets.items() if now - at >= full_after]:
+            del self._buckets[client]
+
+
+class StreamSlots:
+    """At most ``limit`` streams open at once per client (0: no limit)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, client: str, method: str) -> Iterator[None]:
+        if self.limit <= 0:
+            yield
+            return
+        with self._lock:
+            if self._open.get(client, 0) >= self.limit:
+                raise ResourceExhausted(f"{client!r} already has {self.limit} streams open (the most one client "
+                                        f"may); wait for one to finish before starting another {method}")
+            self._open[client] = self._open.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._open[client] - 1
+                if left:
+                    self._open[client] = left
+                else:
+                    del self._open[client]
+
+
+def parse_message_limits(text: str) -> dict[str, int]:
+    """``"Search=64,Get=4"`` (MiB per request message) → bytes by method name."""
+    limits: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        method, sep, value = part.partition("=")
+        if not sep or not method.strip():
+            raise ValueError(f"message limit {part!r}: write Method=MiB, e.g. Search=64")
+        mib = float(value)
+        if not 0 < mib <= 4096:
+            raise ValueError(f"message limit {part!r}: MiB must be in (0, 4096]")
+        limits[method.strip()] = int(mib * MIB)
+    return limits
+
+
+def check_message_size(method: str, size: int, limits: Mapping[str, int]) -> None:
+    limit = limits.get(method)
+    if limit is not None and size > limit:
+        raise ResourceExhausted(f"the {method} request message is {size / MIB:.1f} MiB; this service accepts at "
+                                f"most {limit / MIB:g} MiB per {method} message")

@@ -1,0 +1,79 @@
+"""Per-client limits: a token bucket that trips and recovers, stream slots, message sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from orbithash import ResourceExhausted
+from orbithash_serving.limits import MIB, RateLimiter, StreamSlots, check_message_size, parse_message_limits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_bucket_allows_a_burst_then_the_rate_then_recovers() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=8, burst=5, clock=clock)
+    for _ in range(5):
+        limiter.take("station-a")
+    with pytest.raises(ResourceExhausted, match=r"'station-a': 8 requests/s \(bursts of 5\) exceeded; retry in 125 ms"):
+        limiter.take("station-a")
+    limiter.take("station-b")  # another client has its own bucket
+    clock.now += 0.125  # one token back
+    limiter.take("station-a")
+    with pytest.raises(ResourceExhausted):
+        limiter.take("station-a")
+    clock.now += 10  # refilled, but never above the burst
+    for _ in range(5):
+        limiter.take("station-a")
+    with pytest.raises(ResourceExhausted):
+        limiter.take("station-a")
+
+
+def test_rate_zero_is_no_limit() -> None:
+    limiter = RateLimiter(rate=0, burst=1)
+    for _ in range(10_000):
+        limiter.take("x")
+
+
+def test_idle_clients_are_forgotten(monkeypatch) -> None:
+    import orbithash_serving.limits as limits
+
+    monkeypatch.setattr(limits, "MAX_TRACKED_CLIENTS", 10)
+    clock = Clock()
+    limiter = RateLimiter(rate=100, burst=1, clock=clock)
+    for n in range(11):
+        limiter.take(f"c{n}")
+        clock.now += 1
+    assert len(limiter._buckets) <= 2
+
+
+def test_stream_slots_refuse_beyond_the_limit_and_free_on_exit() -> None:
+    slots = StreamSlots(2)
+    with slots.hold("a", "Ingest"), slots.hold("a", "Ingest"):
+        with pytest.raises(ResourceExhausted, match="'a' already has 2 streams open"), slots.hold("a", "Ingest"):
+            pass
+        with slots.hold("b", "Ingest"):
+            pass
+    with slots.hold("a", "Ingest"), slots.hold("a", "Ingest"):
+        pass
+    with pytest.raises(RuntimeError), slots.hold("a", "Ingest"):
+        raise RuntimeError("the stream failed")
+    assert slots._open == {}
+
+
+def test_message_limits_parse_and_apply() -> None:
+    limits = parse_message_limits("Search=64, Get=0.5")
+    assert limits == {"Search": 64 * MIB, "Get": MIB // 2}
+    check_message_size("Get", MIB // 2, limits)
+    check_message_size("Info", 10 * MIB, limits)  # no limit named: gRPC's own
+    with pytest.raises(ResourceExhausted, match=r"Get request message is 0.5 MiB; .* at most 0.5 MiB"):
+        check_message_size("Get", MIB // 2 + 1, limits)
+    for bad in ("Search", "=3", "Search=0", "Search=x"):
+        with pytest.raises(ValueError):
+            parse_message_limits(bad)
