@@ -118,6 +118,13 @@ def _gateway_option(p: argparse.ArgumentParser) -> None:
     _security_options(p)
 
 
+class _NoTokenOnTheCommandLine(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        parser.error(f"a token is not taken on the command line (it would show in ps and shell history): "
+                     f"put it in a file for --token-file, or in ${TOKEN_ENV}")
+
+
 def _security_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", metavar="PEM", default=None,
                    help=f"TLS: verify the gateway with this CA bundle (default ${TLS_ENV['tls_ca']})")
@@ -125,6 +132,7 @@ def _security_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="PEM", default=None, help="key of --tls-cert")
     p.add_argument("--token-file", metavar="FILE", default=None,
                    help=f"file holding the bearer token (default ${TOKEN_ENV})")
+    p.add_argument("--token", action=_NoTokenOnTheCommandLine, help=argparse.SUPPRESS)
 
 
 def _ids_options(p: argparse.ArgumentParser) -> None:

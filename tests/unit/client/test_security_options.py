@@ -1,0 +1,33 @@
+"""The client's TLS and token options: where a token may go, and what is sent with each call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from orbithash_client import OrbitHashClient
+from orbithash_local.pki import CertificateAuthority
+
+
+def test_a_token_is_never_sent_in_plaintext_beyond_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"would cross the network in plaintext to 10\.0\.0\.5:50051"):
+        OrbitHashClient("10.0.0.5:50051", token="ohk_x")
+    with OrbitHashClient("127.0.0.1:1", token="ohk_x") as local:
+        assert ("authorization", "Bearer ohk_x") in local._metadata
+    ca = CertificateAuthority(tmp_path / "ca")
+    with OrbitHashClient("10.0.0.5:50051", token="ohk_x", ca_file=ca.cert_path) as remote:
+        assert ("authorization", "Bearer ohk_x") in remote._metadata
+
+
+def test_client_certificate_needs_its_key_and_files_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cert_file and key_file go together"):
+        OrbitHashClient("127.0.0.1:1", cert_file=tmp_path / "c.pem")
+    with pytest.raises(FileNotFoundError):
+        OrbitHashClient("127.0.0.1:1", ca_file=tmp_path / "missing.pem")
+
+
+def test_tls_without_a_ca_file_uses_system_roots() -> None:
+    with OrbitHashClient("example.invalid:443", tls=True, token="ohk_x") as client:
+        assert isinstance(client._channel, grpc.Channel)
