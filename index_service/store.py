@@ -2,9 +2,11 @@
 
 Every key of a shard carries the hash tag ``{shard-N}``, so a Redis Cluster keeps the shard on one
 node and its Lua scripts (which touch several keys) stay legal. Codes and labels live in two
-binary strings addressed by slot (SETRANGE), which a restart reads back with two GETs; the
-id <-> slot maps are hashes, and so are each item's scene metadata and thumbnail (by id, only for
-items that have them), written and deleted by the same scripts as the code. Writes are Lua
+binary strings addressed by slot (SETRANGE), which a restart reads back with two GETs; the id ->
+slot map is spread over 65 536 small hashes ("buckets", by the id's SHA-1) that Redis keeps in its
+compact listpack encoding, so an item costs its id's bytes plus a few, not two hash-table entries;
+each item's scene metadata and thumbnail are hashes by id (only for items that have them), written
+and deleted by the same scripts as the code. Writes are Lua
 scripts that check everything before their first write, because Redis does not roll a script
 back when it fails half-way. The layout is documented in docs/redis-layout.md.
 
@@ -14,6 +16,7 @@ this class only issues commands and turns Redis failures into OrbitHash errors.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,16 +29,25 @@ from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, 
 from orbithash.bits import code_bytes as _code_bytes
 from orbithash.codes import as_code_array, check_bits, check_ids, check_labels
 
-_SCAN_CHUNK = 20_000  # slot_to_id entries per HSCAN round trip in load()
+_BUCKET_CHUNK = 2_048  # id buckets per round trip in load()
+_MIGRATE_CHUNK = 5_000  # entries of a version-1 id map moved per round trip
 _BLOB_CHUNK = 2_000  # metadata entries per HSCAN round trip in load()
-_NAMES = ("meta", "codes", "labels", "slot_to_id", "id_to_slot", "free", "next_slot", "metadata", "thumbnails")
+ID_BUCKETS = 65_536  # the first 4 hex digits of the id's SHA-1 name its bucket
+_NAMES = ("meta", "codes", "labels", "free", "next_slot", "metadata", "thumbnails")
+_V1_MAPS = ("slot_to_id", "id_to_slot")  # layout version 1: one big hash per direction (migrated at claim)
 
-# Shared by the scripts: KEYS = meta, codes, labels, slot_to_id, id_to_slot, free, next_slot,
-# metadata, thumbnails;
+# The bucket of an id, in every script: ``<namespace>:{shard-N}:ids:<0..65535>``. The prefix is the
+# meta key's (KEYS[1]) without "meta"; all keys share the {shard-N} hash tag.
+_BUCKET = """
+local prefix = string.sub(KEYS[1], 1, -5) .. 'ids:'
+local function bucket(id) return prefix .. tonumber(string.sub(redis.sha1hex(id), 1, 4), 16) end
+"""
+
+# Shared by the scripts: KEYS = meta, codes, labels, free, next_slot, metadata, thumbnails;
 # ARGV[1..4] = bits, model_version, code_bytes, not_after. A shard written by another model is
 # refused, and so is a write that reaches Redis after ``not_after`` (Unix time in microseconds by
 # Redis's clock, 0 = no limit): its caller was already told it failed, so it must never land.
-_CHECK_META = """
+_CHECK_META = _BUCKET + """
 if ARGV[4] ~= '0' then
   local now = redis.call('TIME')
   if tonumber(now[1]) * 1000000 + tonumber(now[2]) > tonumber(ARGV[4]) then
@@ -71,46 +83,36 @@ if #labels ~= n * 4 then
   return redis.error_reply('ORBITHASH_INVALID ' .. #labels .. ' label bytes for ' .. n .. ' ids')
 end
 -- Validation done: from here on every command is a plain write that cannot fail on its input.
-local slot_of, existing, fresh, existed = {}, 0, {}, {}
-for c = 1, n, 1000 do
-  local last = math.min(c + 999, n)
-  local found = redis.call('HMGET', KEYS[5], unpack(ARGV, 6 + c, 6 + last))
-  for j = 1, last - c + 1 do
-    local id = ARGV[5 + c + j]
-    if slot_of[id] == nil then
-      if found[j] then
-        slot_of[id] = tonumber(found[j])
-        existing = existing + 1
-        existed[id] = true
-      else
-        slot_of[id] = false
-        fresh[#fresh + 1] = id
-      end
+local slot_of, bucket_of, existing, fresh, existed = {}, {}, 0, {}, {}
+for i = 1, n do
+  local id = ARGV[6 + i]
+  if slot_of[id] == nil then
+    local b = bucket(id)
+    bucket_of[id] = b
+    local found = redis.call('HGET', b, id)
+    if found then
+      slot_of[id] = tonumber(found)
+      existing = existing + 1
+      existed[id] = true
+    else
+      slot_of[id] = false
+      fresh[#fresh + 1] = id
     end
   end
 end
 local reused = {}
 if #fresh > 0 then
-  reused = redis.call('RPOP', KEYS[6], #fresh) or {}
+  reused = redis.call('RPOP', KEYS[4], #fresh) or {}
 end
 local top = 0
 if #fresh > #reused then
-  top = redis.call('INCRBY', KEYS[7], #fresh - #reused) - (#fresh - #reused)
+  top = redis.call('INCRBY', KEYS[5], #fresh - #reused) - (#fresh - #reused)
 end
-local pairs_slot, pairs_id = {}, {}
 for f = 1, #fresh do
   local slot
   if f <= #reused then slot = tonumber(reused[f]) else slot = top + f - #reused - 1 end
   slot_of[fresh[f]] = slot
-  pairs_slot[#pairs_slot + 1] = slot
-  pairs_slot[#pairs_slot + 1] = fresh[f]
-  pairs_id[#pairs_id + 1] = fresh[f]
-  pairs_id[#pairs_id + 1] = slot
-  if #pairs_slot >= 1000 or f == #fresh then
-    redis.call('HSET', KEYS[4], unpack(pairs_slot))
-    redis.call('HSET', KEYS[5], unpack(pairs_id))
-    pairs_slot, pairs_id = {}, {}
-  end
+  redis.call('HSET', bucket_of[fresh[f]], fresh[f], slot)
 end
 -- Write codes and labels in runs of consecutive slots (fresh inserts are one run). Input order
 -- is kept, so of two writes to one id the later wins.
@@ -152,8 +154,8 @@ local function store_blobs(key, first_arg)
     end
   end
 end
-store_blobs(KEYS[8], 6 + n)
-store_blobs(KEYS[9], 6 + 2 * n)
+store_blobs(KEYS[6], 6 + n)
+store_blobs(KEYS[7], 6 + 2 * n)
 return {existing, table.concat(out)}
 """
 
@@ -163,16 +165,16 @@ local zero, none = string.rep('\\0', cb), struct.pack('<i4', -1)
 local out = {}
 for i = 5, #ARGV do
   local id = ARGV[i]
-  local slot = redis.call('HGET', KEYS[5], id)
+  local b = bucket(id)
+  local slot = redis.call('HGET', b, id)
   if slot then
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[4], slot)
+    redis.call('HDEL', b, id)
     -- Blank the slot so that nothing read from the strings can bring the item back.
     redis.call('SETRANGE', KEYS[2], tonumber(slot) * cb, zero)
     redis.call('SETRANGE', KEYS[3], tonumber(slot) * 4, none)
-    redis.call('RPUSH', KEYS[6], slot)
-    redis.call('HDEL', KEYS[8], id)
-    redis.call('HDEL', KEYS[9], id)
+    redis.call('RPUSH', KEYS[4], slot)
+    redis.call('HDEL', KEYS[6], id)
+    redis.call('HDEL', KEYS[7], id)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -191,8 +193,8 @@ end
 local out = {}
 for i = 1, n do
   local id, blob = ARGV[4 + i], ARGV[4 + n + i]
-  if redis.call('HEXISTS', KEYS[5], id) == 1 then
-    if blob == '' then redis.call('HDEL', KEYS[8], id) else redis.call('HSET', KEYS[8], id, blob) end
+  if redis.call('HEXISTS', bucket(id), id) == 1 then
+    if blob == '' then redis.call('HDEL', KEYS[6], id) else redis.call('HSET', KEYS[6], id, blob) end
     out[i] = 1
   else
     out[i] = 0
@@ -207,23 +209,39 @@ local meta = redis.call('HMGET', KEYS[1], 'bits', 'model_version', 'code_bytes')
 if meta[1] == ARGV[1] and meta[2] == ARGV[2] and meta[3] == ARGV[3] then
   return {'ok'}
 end
-local items = redis.call('HLEN', KEYS[5])
+-- Live items = slots ever allocated - slots freed (every bucket entry holds one allocated slot).
+local items = tonumber(redis.call('GET', KEYS[5]) or '0') - redis.call('LLEN', KEYS[4])
 if items > 0 then
   return {'mismatch', meta[1] or '', meta[2] or '', items}
 end
--- Empty shard, absent or other meta: start a fresh layout for this model.
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+-- Empty shard (so every bucket is empty), absent or other meta: start afresh for this model.
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 redis.call('HSET', KEYS[1], 'bits', ARGV[1], 'model_version', ARGV[2], 'code_bytes', ARGV[3])
 return {'ok'}
 """
 
-# One HSCAN chunk of slot_to_id as one string: redis-py's pure-Python parser costs microseconds
-# per reply element, so 1M slot/id pairs as 2M elements take seconds. Ids are UTF-8, which never
-# contains byte 0xFF, so 0xFF separates the fields unambiguously.
-# KEYS[1] = slot_to_id; ARGV = cursor, count. Returns {cursor, slot 0xFF id 0xFF slot ...}.
-_SCAN_IDS = """
-local reply = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-return {reply[1], table.concat(reply[2], '\\255')}
+# Buckets ARGV[1] .. ARGV[2] - 1 as one string: redis-py's pure-Python parser costs microseconds per
+# reply element, so 1M id/slot pairs as 2M elements would take seconds. Ids are UTF-8, which never
+# contains byte 0xFF, so 0xFF separates the fields unambiguously. KEYS[1] = meta (for the prefix).
+# Returns "id 0xFF slot 0xFF id ..." ('' when the buckets are empty).
+_SCAN_BUCKETS = """
+local prefix = string.sub(KEYS[1], 1, -5) .. 'ids:'
+local out = {}
+for b = tonumber(ARGV[1]), tonumber(ARGV[2]) - 1 do
+  local entries = redis.call('HGETALL', prefix .. b)
+  for i = 1, #entries do out[#out + 1] = entries[i] end
+end
+return table.concat(out, '\\255')
+"""
+
+# Layout version 1 kept one hash id -> slot (and its inverse); one HSCAN chunk of it moves into the
+# buckets. KEYS[1] = meta, KEYS[2] = the version-1 id_to_slot; ARGV = cursor, count. Idempotent: a
+# migration cut short is simply run again before the shard serves.
+_MIGRATE_V1 = _BUCKET + """
+local reply = redis.call('HSCAN', KEYS[2], ARGV[1], 'COUNT', ARGV[2])
+local f = reply[2]
+for i = 1, #f, 2 do redis.call('HSET', bucket(f[i]), f[i], f[i + 1]) end
+return reply[1]
 """
 
 # One HSCAN chunk of a hash of binary values as one string: per entry u16 field length, u32 value
@@ -237,6 +255,11 @@ end
 return {reply[1], table.concat(out)}
 """
 _BLOB_HEADER = struct.Struct("<HI")
+
+def id_bucket_key(namespace: str, shard: int, item_id: str) -> str:
+    """The Redis key of the bucket that maps ``item_id`` to its slot (what the scripts compute)."""
+    return f"{namespace}:{{shard-{shard}}}:ids:{int(hashlib.sha1(item_id.encode()).hexdigest()[:4], 16)}"
+
 
 def _micros(not_after: float | None) -> str:
     """A script's ``not_after`` argument: microseconds since the epoch, "0" for no limit."""
@@ -286,6 +309,7 @@ class ShardStore:
         self.bits = bits
         self.model_version = model_version
         self.code_bytes = _code_bytes(bits)
+        self.namespace = namespace
         prefix = f"{namespace}:{{shard-{shard}}}"
         self.keys = {name: f"{prefix}:{name}" for name in _NAMES}
         self._key_list = list(self.keys.values())
@@ -293,7 +317,9 @@ class ShardStore:
         self._upsert = client.register_script(_UPSERT)
         self._delete = client.register_script(_DELETE)
         self._claim = client.register_script(_CLAIM)
-        self._scan_ids = client.register_script(_SCAN_IDS)
+        self._scan_buckets = client.register_script(_SCAN_BUCKETS)
+        self._migrate_v1 = client.register_script(_MIGRATE_V1)
+        self._v1_keys = [f"{prefix}:{name}" for name in _V1_MAPS]
         self._update_metadata = client.register_script(_UPDATE_METADATA)
         self._scan_blobs = client.register_script(_SCAN_BLOBS)
 
@@ -317,8 +343,10 @@ class ShardStore:
             raise
 
     def claim(self) -> None:
-        """Bind the shard's keys to this model; refuse a shard that holds another model's codes."""
+        """Bind the shard's keys to this model; refuse a shard that holds another model's codes.
+        A shard written in layout version 1 is moved to the id buckets first."""
         with self._redis("claiming the shard"):
+            self._migrate_from_v1()
             reply = self._claim(keys=self._key_list, args=self._meta_args)
         if reply[0] == b"mismatch":
             bits, version, items = reply[1].decode(), reply[2].decode(), int(reply[3])
@@ -326,6 +354,23 @@ class ShardStore:
             raise Mismatch(f"shard {self.shard} ({self.keys['meta']}) holds {items} {held}; this service runs "
                            f"{self.bits}-bit codes of model {self.model_version!r}. Delete the shard's keys "
                            f"or point the service at another namespace before re-encoding.")
+
+    def bucket_key(self, item_id: str) -> str:
+        return id_bucket_key(self.namespace, self.shard, item_id)
+
+    def _migrate_from_v1(self) -> None:
+        """Move a version-1 id map (one big hash) into the buckets, then drop both version-1 hashes."""
+        slot_to_id, id_to_slot = self._v1_keys
+        if not self._client.exists(id_to_slot):
+            if self._client.exists(slot_to_id):
+                self._client.delete(slot_to_id)
+            return
+        cursor = b"0"
+        while True:
+            cursor = self._migrate_v1(keys=[self.keys["meta"], id_to_slot], args=[cursor, _MIGRATE_CHUNK])
+            if cursor in (b"0", 0, "0"):
+                break
+        self._client.delete(id_to_slot, slot_to_id)
 
     def upsert(self, ids: Sequence[str], codes: np.ndarray, labels: np.ndarray, not_after: float | None = None,
                metadata: Sequence[bytes] | None = None, thumbnails: Sequence[bytes] | None = None
@@ -405,13 +450,17 @@ class ShardStore:
     def count(self) -> int:
         """Live items in the shard."""
         with self._redis("counting items"):
-            return int(self._client.hlen(self.keys["id_to_slot"]))
+            pipe = self._client.pipeline(transaction=True)
+            pipe.get(self.keys["next_slot"])
+            pipe.llen(self.keys["free"])
+            allocated, freed = pipe.execute()
+        return int(allocated or 0) - int(freed)
 
     def load(self, progress: Callable[[int, int], None] | None = None) -> Loaded:
         """Every live item as (slots, ids, codes (n, code_bytes) uint8, labels int32, metadata blobs), by slot.
 
-        Reads the ids and the metadata in HSCAN chunks (no multi-second block of Redis) and codes
-        and labels with one GET each; thumbnails stay in Redis (see :meth:`thumbnails`). Meant for
+        Reads the ids in chunks of buckets and the metadata in HSCAN chunks (no multi-second block
+        of Redis) and codes and labels with one GET each; thumbnails stay in Redis (see :meth:`thumbnails`). Meant for
         start-up, before this shard's process accepts writes: a write racing with the scans could
         be missed by the mirror (never by Redis).
         """
@@ -422,22 +471,19 @@ class ShardStore:
                 raise Mismatch(f"shard {self.shard} holds {meta[0].decode()}-bit codes of model "
                                f"{meta[1].decode()!r}; this service runs {self.bits}-bit codes of model "
                                f"{self.model_version!r}")
-            total = int(self._client.hlen(keys["slot_to_id"]))
+            total = self.count()
             slot_parts: list[np.ndarray] = []
             id_parts: list[list[str]] = []
             done = 0
-            cursor = b"0"
-            while True:
-                cursor, blob = self._scan_ids(keys=[keys["slot_to_id"]], args=[cursor, _SCAN_CHUNK])
+            for first in range(0, ID_BUCKETS, _BUCKET_CHUNK):
+                blob = self._scan_buckets(keys=[keys["meta"]], args=[first, first + _BUCKET_CHUNK])
                 if blob:
                     fields = blob.split(b"\xff")
-                    slot_parts.append(np.fromstring(b" ".join(fields[0::2]), dtype=np.int64, sep=" "))
-                    id_parts.append(list(map(bytes.decode, fields[1::2])))
+                    slot_parts.append(np.fromstring(b" ".join(fields[1::2]), dtype=np.int64, sep=" "))
+                    id_parts.append(list(map(bytes.decode, fields[0::2])))
                     done += len(id_parts[-1])
                 if progress is not None:
                     progress(min(done, total), total)
-                if cursor == b"0":
-                    break
             pipe = self._client.pipeline(transaction=True)
             pipe.get(keys["codes"])
             pipe.get(keys["labels"])
@@ -445,8 +491,7 @@ class ShardStore:
             blob_of = self._scan_all_blobs(keys["metadata"])
         all_slots = np.concatenate(slot_parts) if slot_parts else np.empty(0, np.int64)
         all_ids = [i for part in id_parts for i in part]
-        # HSCAN may return an entry twice while the hash is rehashing: keep each slot once.
-        slots, first = np.unique(all_slots, return_index=True)
+        slots, first = np.unique(all_slots, return_index=True)  # ascending slots
         ids = [all_ids[i] for i in first.tolist()]
         code_blob, label_blob = code_blob or b"", label_blob or b""
         if len(slots) and (len(code_blob) < (slots[-1] + 1) * self.code_bytes

@@ -24,6 +24,7 @@ from orbithash_local.pki import Identity
 from orbithash_local.processes import ManagedProcess, free_port
 
 ADMIN = "admin"
+HASH_MAX_LISTPACK_ENTRIES = 512
 # See _write_acl: off and passwordless (nobody can be it), yet all permissions (the AOF replay runs as it).
 DEFAULT_USER_ACL = "user default off resetpass ~* &* +@all"
 
@@ -34,8 +35,8 @@ DEFAULT_USER_ACL = "user default off resetpass ~* &* +@all"
 # EVAL, KEYS, SCAN, FLUSHALL/FLUSHDB, CONFIG, DEBUG, ACL, SHUTDOWN, MONITOR, SELECT, pub/sub, everything else.
 SHARD_COMMANDS = (
     "ping", "evalsha", "script|load", "multi", "exec", "time",
-    "get", "setrange", "del", "incrby", "hget", "hmget", "hset", "hdel", "hexists", "hlen", "hscan",
-    "rpush", "rpop",
+    "get", "setrange", "del", "exists", "incrby", "hget", "hmget", "hgetall", "hset", "hdel", "hexists", "hscan",
+    "rpush", "rpop", "llen",
 )
 
 
@@ -113,6 +114,9 @@ class RedisServer:
             redis_server_binary(), *port_args, "--bind", *bind, "--aclfile", str(self.acl_file.resolve()),
             "--dir", str(data_dir.resolve()), "--appendonly", "yes", "--appendfsync", appendfsync,
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            # The shards' id buckets stay in the compact listpack encoding up to this many ids each
+            # (65 536 buckets: ≈ 33M items per shard); Redis's default of 128 would end at ≈ 8M.
+            "--hash-max-listpack-entries", str(HASH_MAX_LISTPACK_ENTRIES),
         ]
         self.process = ManagedProcess(self.name, argv, data_dir / "redis.log")
         self.process.wait_ready(self.ready, timeout=timeout)

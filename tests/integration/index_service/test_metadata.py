@@ -131,7 +131,7 @@ def test_update_metadata_changes_filters_and_only_existing_items(redis_client: r
     assert hit_ids(shard, codes[0], SceneFilter(attributes={"tile": "T7"})) == [ids[3]]
     assert ids[4] not in hit_ids(shard, codes[0], SceneFilter(acquired_from=0.0))  # its metadata is gone
     assert ids[3] not in hit_ids(shard, codes[0], SceneFilter(attributes={"tile": f"T{3 % 3}"}))
-    assert not redis_client.hexists(shard._store.keys["id_to_slot"], "ghost")  # never created
+    assert not redis_client.hexists(shard._store.bucket_key("ghost"), "ghost")  # never created
     assert not redis_client.hexists(shard._store.keys["metadata"], ids[4])
     found, _ = shard.get([ids[3]], with_metadata=True, with_thumbnails=True)
     assert found[0].code == codes[3] and found[0].label == 3 and found[0].thumbnail == b""  # the rest stays

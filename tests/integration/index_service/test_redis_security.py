@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from index_service.__main__ import build_server
 from index_service.redis_connection import RedisAccessDenied, redis_clients
 from index_service.settings import IndexSettings
-from index_service.store import ShardStore
+from index_service.store import ShardStore, id_bucket_key
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_local.pki import Identity, cluster_pki
@@ -233,6 +233,6 @@ def test_a_shard_over_rediss_works_end_to_end(tls_redis: RedisServer, pki: dict[
                      timeout=10)
             assert stub.Stats(pb.StatsRequest(), timeout=10).count == 1
         with tls_redis.client() as admin:
-            assert admin.hexists("orbithash:{shard-0}:id_to_slot", "tls")
+            assert admin.hexists(id_bucket_key("orbithash", 0, "tls"), "tls")
     finally:
         server.stop(0)

@@ -14,7 +14,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from index_service.shard import Shard
-from index_service.store import ShardStore
+from index_service.store import ShardStore, id_bucket_key
 from orbithash import DeadlineExceeded, InvalidInput, ResourceExhausted, Unavailable
 from orbithash.codes import MAX_ID_BYTES
 from orbithash_local.redis_server import RedisServer
@@ -105,11 +105,11 @@ def test_a_write_that_timed_out_in_a_stopped_redis_is_never_applied(tmp_path: Pa
             os.kill(server.process.pid, signal.SIGCONT)
         time.sleep(0.3)  # Redis now runs what it had buffered
         check = server.client()
-        assert check.hexists("orbithash:{shard-0}:id_to_slot", "kept")
-        assert not check.hexists("orbithash:{shard-0}:id_to_slot", "late"), "a timed-out write landed later"
+        assert check.hexists(id_bucket_key("orbithash", 0, "kept"), "kept")
+        assert not check.hexists(id_bucket_key("orbithash", 0, "late"), "late"), "a timed-out write landed later"
         assert shard.get(["late"]) == ([], ["late"])
         with pytest.raises(DeadlineExceeded, match="nothing was written"):
             shard.add(["late"], codes(rng, 1), [1], BITS, VERSION, remaining=0.01)
-        assert not check.hexists("orbithash:{shard-0}:id_to_slot", "late")
+        assert not check.hexists(id_bucket_key("orbithash", 0, "late"), "late")
     finally:
         server.stop()

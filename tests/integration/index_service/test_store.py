@@ -175,7 +175,7 @@ def test_keys_share_one_cluster_hash_slot(store: ShardStore, redis_client: redis
                  thumbnails=[b"t", b"u"])
     store.delete(["a"])
     keys = redis_client.keys("*")
-    assert {k.decode() for k in keys} == set(store.keys.values())
+    assert {k.decode() for k in keys} == {*store.keys.values(), store.bucket_key("b")}  # "a"'s bucket went empty
     assert {key_slot(k) for k in keys} == {key_slot(b"orbithash:{shard-0}:x")}
     assert all(k.startswith(b"orbithash:{shard-0}:") for k in keys)
 
@@ -272,3 +272,40 @@ def test_unreachable_redis_raises_unavailable(tmp_path: Path) -> None:
 def test_client_that_decodes_responses_is_refused(redis_server: RedisServer) -> None:
     with pytest.raises(InvalidInput, match="decode_responses"):
         ShardStore(redis.Redis.from_url(redis_server.url, decode_responses=True), 0, 64, "m")
+
+
+def test_id_buckets_stay_compact(store: ShardStore, redis_client: redis.Redis) -> None:
+    """The id -> slot map lives in small hashes that Redis keeps as listpacks (a few bytes per id)."""
+    rng = np.random.default_rng(3)
+    ids = [f"scene-{i:06d}" for i in range(3000)]
+    store.upsert(ids, codes_for(rng, 3000, 48), np.zeros(3000, int))
+    buckets = {store.bucket_key(i) for i in ids}
+    assert len(buckets) > 2000  # spread over the 65 536 buckets
+    assert {redis_client.object("encoding", b) for b in list(buckets)[:50]} == {b"listpack"}
+    assert all(redis_client.hget(store.bucket_key(i), i) is not None for i in ids[:100])
+    assert store.count() == 3000
+
+
+def test_a_version_1_shard_is_migrated_at_claim_and_keeps_every_item(redis_client: redis.Redis) -> None:
+    """Layout 1 kept two big hashes (slot_to_id, id_to_slot); claim moves them into the buckets."""
+    rng = np.random.default_rng(5)
+    codes = codes_for(rng, 5, 48)
+    prefix = "orbithash:{shard-0}"
+    redis_client.hset(f"{prefix}:meta", mapping={"bits": 48, "model_version": "m", "code_bytes": 6})
+    redis_client.set(f"{prefix}:codes", codes.tobytes())
+    redis_client.set(f"{prefix}:labels", np.arange(5, dtype="<i4").tobytes())
+    redis_client.set(f"{prefix}:next_slot", 5)
+    ids = ["v1-a", "v1-b", "v1-c", "v1-d", "v1-e"]
+    redis_client.hset(f"{prefix}:id_to_slot", mapping={i: s for s, i in enumerate(ids)})
+    redis_client.hset(f"{prefix}:slot_to_id", mapping={s: i for s, i in enumerate(ids)})
+    store = ShardStore(redis_client, 0, 48, "m")
+    store.claim()
+    assert not redis_client.exists(f"{prefix}:id_to_slot", f"{prefix}:slot_to_id")
+    loaded = store.load()
+    assert loaded.ids == ids and loaded.slots.tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(loaded.codes, codes) and loaded.labels.tolist() == [0, 1, 2, 3, 4]
+    assert store.delete(["v1-c"]) == (["v1-c"], [])
+    slots, existing = store.upsert(["v1-a", "new"], codes_for(rng, 2, 48), np.array([7, 8]))
+    assert slots.tolist() == [0, 2] and existing == 1  # the id kept its slot; the freed one was reused
+    store.claim()  # again: nothing left to migrate
+    assert store.count() == 5
