@@ -41,7 +41,9 @@ def cli_error(exc: BaseException) -> CliError:
     if isinstance(exc, CliError):
         return exc
     if isinstance(exc, UNREACHABLE):
-        return GatewayUnreachable(f"the gateway cannot be reached: {exc.message}")
+        hint = (" (a TLS gateway closes plaintext connections like this: give --tls-ca or $ORBITHASH_TLS_CA)"
+                if "Socket closed" in exc.message else "")
+        return GatewayUnreachable(f"the gateway cannot be reached: {exc.message}{hint}")
     if isinstance(exc, REFUSED):
         return UsageError(f"refused by the gateway: {exc.message}")
     if isinstance(exc, DENIED):

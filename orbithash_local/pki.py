@@ -140,7 +140,9 @@ class CertificateAuthority:
 
 def cluster_pki(directory: Path, members: list[str], hosts: tuple[str, ...] = ()) -> dict[str, Identity]:
     """The CA in ``directory`` and an identity per member; ``hosts`` adds names or addresses (the
-    gateway's public ones from ``orbithash up --host``) to every certificate."""
+    gateway's public ones from ``orbithash up --host``) to every certificate. Paths are absolute:
+    redis-server changes its directory before it reads them."""
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca = CertificateAuthority(directory)

@@ -48,7 +48,7 @@ def members(shards: int) -> list[str]:
 
 def prepare(work_dir: Path, shards: int, hosts: tuple[str, ...] = ()) -> LocalSecurity:
     identities = cluster_pki(work_dir / "pki", members(shards), hosts)
-    secrets_dir = work_dir / "secrets"
+    secrets_dir = work_dir.resolve() / "secrets"
     secrets_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(secrets_dir, 0o700)
     tokens_file = secrets_dir / TOKENS_FILE
