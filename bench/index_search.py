@@ -2,6 +2,7 @@
 
     python bench/index_search.py            # full run (1M flat, 10M clustered, 1M over gRPC)
     python bench/index_search.py --quick    # ~1 minute (100k flat, 1M clustered, 100k over gRPC)
+    python bench/index_search.py --sizes-only [--quick]   # only 10k, 100k x 64-bit, 1M (300k) x 128, x 256
 
 Same process, same codes, FAISS as reference, one thread each unless a row says otherwise,
 median over many queries. Prints a table, then one JSON line with every figure. Ratios are our
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orbithash.index import HammingIndex
+from orbithash.index import MIH_MIN_ITEMS, HammingIndex
 
 ROWS: list[tuple[str, str, str, str]] = []
 
@@ -112,6 +113,56 @@ def flat_one(n: int, bits: int, codes: np.ndarray, queries: np.ndarray, key: str
     one2_ref = median_ms(lambda q: ref.search(q, 100), queries)
     row("  1 query, 2 threads each (ms)", one2, one2_ref, f"ratio {one2 / one2_ref:.3f}")
     faiss.omp_set_num_threads(1)
+
+
+def same_answer(got: list, d_ref: np.ndarray, i_ref: np.ndarray) -> None:
+    """Our hits (ids are slot numbers as str) against FAISS's: the same distances, and the same ids
+    closer than the k-th distance; at that distance FAISS orders ties arbitrarily, we by id."""
+    for hits, d_row, i_row in zip(got, d_ref.tolist(), i_ref.tolist(), strict=True):
+        assert [d for _, d, _ in hits] == d_row, "distances differ from FAISS"
+        cut = d_row[-1]
+        assert {int(i) for i, d, _ in hits if d < cut} == {i for i, d in zip(i_row, d_row, strict=True) if d < cut}
+
+
+def paired_medians(ours: Callable[[np.ndarray], object], ref: Callable[[np.ndarray], object], queries: np.ndarray,
+                   repeats: int = 4) -> tuple[float, float]:
+    """``median_ms`` of each over the same queries, alternated ``repeats`` times (who goes first
+    alternating too), and the median of those medians: on a shared machine the load drifts, and
+    alternating lets a drift hit both alike."""
+    mine, theirs = [], []
+    for r in range(repeats):
+        for fn, times in ((ours, mine), (ref, theirs))[::1 if r % 2 == 0 else -1]:
+            times.append(median_ms(fn, queries))
+    return statistics.median(mine), statistics.median(theirs)
+
+
+def size_row(codes: np.ndarray, queries: np.ndarray, bits: int) -> tuple[float, float]:
+    """(our ms, FAISS ms) for one query at a time, k=100, after checking both answer alike."""
+    index = load_index(codes, bits, threads=1)
+    if len(codes) >= MIH_MIN_ITEMS:
+        index.build_multi_index()
+    ref = faiss.IndexBinaryFlat(bits)
+    ref.add(codes)
+    d_ref, i_ref = ref.search(queries[:50], 100)  # also warms both
+    same_answer(index.search(queries[:50], 100), d_ref, i_ref)
+    return paired_medians(lambda q: index.search(q, 100), lambda q: ref.search(q, 100), queries)
+
+
+def sizes_section(n_long: int, nq: int, out: dict) -> None:
+    """One query, k=100, uniform codes, one thread each: shard sizes and code lengths against FAISS.
+
+    Small shards show our fixed cost per call, long codes the popcount loop over 2 and 4 words.
+    As in ``flat_one``, a shard of >= 2^18 items has MIH tables and auto mode must back off to the scan.
+    """
+    rng = np.random.default_rng(4)
+    faiss.omp_set_num_threads(1)
+    for n, bits, key in ((10_000, 64, "ratio_10k"), (100_000, 64, "ratio_100k"), (n_long, 128, "ratio_128"),
+                         (n_long, 256, "ratio_256")):
+        ours, theirs = size_row(uniform(rng, n, bits), uniform(rng, nq, bits), bits)
+        out[key] = round(ours / theirs, 3)
+        out[f"{key}_ms"] = [round(ours, 4), round(theirs, 4)]
+        row(f"{n // 1000}k x {bits}-bit, 1 query, k=100 (ms)", ours, theirs, f"ratio {out[key]} (target <= 1.0)")
+    out["n_long"] = n_long
 
 
 def sublinear_section(n: int, nq: int, out: dict) -> None:
@@ -316,20 +367,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
     parser.add_argument("--skip-rpc", action="store_true", help="no redis-server / gRPC part")
     parser.add_argument("--rpc-only", action="store_true", help="only the redis-server / gRPC part")
+    parser.add_argument("--sizes-only", action="store_true", help="only the size and code-length rows against FAISS")
     args = parser.parse_args()
     n_flat, n_sub, n_rpc = (100_000, 1_000_000, 100_000) if args.quick else (1_000_000, 10_000_000, 1_000_000)
+    n_long = 300_000 if args.quick else 1_000_000
     out: dict = {}
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; faiss {faiss.__version__}")
     print(f"  {'measure':<44} {'ours':>10} {'faiss':>10}")
     if not args.rpc_only:
+        sizes_section(n_long, 400 if args.quick else 200, out)
+    if not (args.rpc_only or args.sizes_only):
         memory_section(n_flat, out)
         flat_section(n_flat, 400, out)
         sublinear_section(n_sub, 200, out)
-    if not args.skip_rpc:
+    if not (args.skip_rpc or args.sizes_only):
         rpc_section(n_rpc, out)
     out["load_avg"] = round(os.getloadavg()[0], 2)
-    keys = ["ratio_64", "ratio_48", "ratio_batch", "sublinear_speedup", "bytes_per_item_shard",
-            "bytes_per_item_redis", "rpc_p50_ms", "rpc_p99_ms", "add_codes_per_s"]
+    keys = ["ratio_64", "ratio_48", "ratio_batch", "ratio_10k", "ratio_100k", "ratio_128", "ratio_256",
+            "sublinear_speedup", "bytes_per_item_shard", "bytes_per_item_redis", "rpc_p50_ms", "rpc_p99_ms",
+            "add_codes_per_s"]
     print(json.dumps({**{key: out.get(key) for key in keys}, **{key: v for key, v in out.items() if key not in keys}}))
 
 

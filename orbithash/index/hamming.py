@@ -14,20 +14,20 @@ module keeps the slots and orders the few candidates by (distance, id), so ties 
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 from orbithash import InvalidInput
 from orbithash.bits import code_bytes
 from orbithash.codes import as_code_array, check_bits, check_k, check_labels
-from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids
+from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids, rank, split_ids
 from orbithash.index.mih import Tables
 from orbithash.index.planner import STRATEGIES, MihPlanner, Strategy
 from orbithash.index.pool import cpu_count
 from orbithash.index.rwlock import ReadWriteLock
-from orbithash.index.scan import scan_candidates
+from orbithash.index.scan import scan_candidates, scan_range, scan_threads
 from orbithash.index.view import SlotView, TopK
 
 # Above any shard's size (a larger k returns every item anyway), and small enough that the
@@ -200,6 +200,8 @@ class HammingIndex:
             if allowed is not None:
                 view, items = _restricted(view, allowed)
             probed = self._planner.probe(view, q, top, strategy, items, self._threads)
+            if probed is None and q.shape[0] == 1 and scan_threads(view, 1, self._threads) == 1:
+                return [self._scan_one(view, q[0], top)]
             if probed is None:
                 candidates = scan_candidates(view, q, top, self._threads)
             else:  # scan the queries whose probe gave up
@@ -217,29 +219,31 @@ class HammingIndex:
         end = self._end
         return SlotView(self._codes[:end], self._live[:end], self._labels[:end], self._bits)
 
+    def _scan_one(self, view: SlotView, q: np.ndarray, top: TopK) -> Result:
+        """One query on one thread, scanned and ranked in a single compiled call.
+
+        On a small shard the scan itself takes tens of microseconds, so the fixed cost of a call
+        decides the latency: one dispatch instead of three, no candidate arrays handed back to
+        Python, and the k ids made by one decode and one split.
+        """
+        dist, labels, blob, ascii = _scan_ranked(view.codes.reshape(-1), view.words, q, view.live, view.labels,
+                                                 *top.filter_args(), view.bits, *self._ids.columns)
+        return list(zip(split_ids(blob, ascii), dist.tolist(), labels.tolist(), strict=True))
+
     def _rank(self, slots: np.ndarray, dist: np.ndarray, k: int) -> Result:
         """Order candidates by (distance, id) and keep k.
 
-        Candidates are usually about k; only a huge tie group at the cut (many equal codes) is
-        first narrowed with a partition and a heap, so ranking never sorts the shard.
+        Candidates are usually about k, but a huge tie group at the cut (many equal codes) can make
+        them many: ``IdTable.ranked`` sorts them in numba (n log n) and decodes only the k kept ids.
         """
-        if slots.shape[0] > 4 * k + 256:
-            cut = int(np.partition(dist, k - 1)[k - 1])
-            below = dist < cut
-            tied = slots[dist == cut]
-            chosen = heapq.nsmallest(k - int(np.count_nonzero(below)),
-                                     zip(self._ids.ids(tied), tied.tolist(), strict=True))
-            slots = np.concatenate([slots[below], np.array([s for _, s in chosen], np.int64)])
-            dist = np.concatenate([dist[below], np.full(len(chosen), cut, np.int32)])
-        sl = slots.tolist()
-        # Ids compare as str, which orders them as their UTF-8 bytes (code point order).
-        keyed = sorted(zip(dist.tolist(), self._ids.ids(slots), sl, strict=True))[:k]
-        labels = self._labels[np.array([s for _, _, s in keyed], np.int64)].tolist()
-        return [(i, d, lab) for (d, i, _), lab in zip(keyed, labels, strict=True)]
+        ids, slots, dist = self._ids.ranked(slots, dist, k)
+        return list(zip(ids, dist.tolist(), self._labels[slots].tolist(), strict=True))
 
     def _words_of(self, codes: np.ndarray, what: str, n: int | None) -> np.ndarray:
         """Checked packed codes (``orbithash.codes.as_code_array``) padded to uint64 words."""
         arr = as_code_array(codes, self._bits, what, n)
+        if self._code_bytes == self._words * 8:  # 64, 128, 256 bits: no padding, one aligned copy
+            return arr.copy().view(np.uint64)
         padded = np.zeros((arr.shape[0], self._words * 8), np.uint8)
         padded[:, : self._code_bytes] = arr
         return padded.view(np.uint64)
@@ -278,13 +282,22 @@ def _restricted(view: SlotView, allowed: np.ndarray) -> tuple[SlotView, int]:
     return view._replace(live=live), int(np.count_nonzero(live))
 
 
+@njit(cache=True, nogil=True)
+def _scan_ranked(codes, words, q, live, labels, label, use_label, k, threshold, bits, buf, offsets, lengths):
+    """``scan_range`` over every slot, then ``rank``: (distances, labels, joined ids, ASCII) of the top k."""
+    slots, dist = scan_range(codes, words, q, live, labels, label, use_label, k, threshold, bits, 0, live.shape[0])
+    top, top_dist, blob, ascii = rank(buf, offsets, lengths, slots, dist, k)
+    return top_dist, labels[top], blob, ascii
+
+
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) the kernel before a service takes traffic.
 
-    Word count, radius and label filter are runtime arguments of one signature, so one tiny
-    search covers every shape a shard will use.
+    Word count, radius and label filter are runtime arguments of one signature, so a tiny batch
+    and a tiny single query cover every shape a shard will use.
     """
     index = HammingIndex(64, capacity=4, threads=1)
     codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
     index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
-    index.search(codes, 1, max_distance=3, label=1)
+    index.search(codes, 1, max_distance=3, label=1)  # a batch: the general path
+    index.search(codes[:1], 1, max_distance=3, label=1)  # one query: the fused scan-and-rank path
