@@ -16,7 +16,20 @@ gateway with the Python client, then measures:
 
 The reference is decode + resize + ``session.run`` in this process, batch 32, as in
 bench/encoder_throughput.py, run before and after the cluster's load (the mean is used; both are
-printed). Prints a table and ends with a JSON line.
+printed).
+
+Then, unless ``--skip-components``, the rest of the issue's table from the benches that own each
+figure, run here one after the other (≈ 4 more minutes):
+
+  shard_bytes_per_item      in-memory index of 1M x 64-bit codes (bench/index_search.py memory)
+  redis_bytes_per_item      Redis used_memory per item, 1M items (bench/redis_memory.py)
+  rpc_p50_ms                IndexShard.Search over loopback, k=100 (bench/index_search.py rpc;
+                            1M items, 100k with --quick)
+  shard_concurrency_speedup queries/s at concurrency 4 / 1 on one shard (bench/shard_concurrency.py, 100k)
+  ratio_100k, ratio_128, ratio_256
+                            our single-query time / FAISS IndexBinaryFlat's (bench/index_search.py sizes)
+
+Prints a table and ends with a JSON line.
 """
 
 from __future__ import annotations
@@ -49,7 +62,28 @@ from orbithash_local.cluster import Cluster, ClusterConfig
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
 TARGETS = {"e2e_p50_ms": ("<=", 10.0), "e2e_p99_ms": ("<=", 20.0), "e2e_throughput_ratio": (">=", 0.8),
-           "ingest_ratio": (">=", 0.9)}
+           "ingest_ratio": (">=", 0.9), "shard_bytes_per_item": ("<=", 64.0), "redis_bytes_per_item": ("<=", 64.0),
+           "rpc_p50_ms": ("<=", 0.9), "shard_concurrency_speedup": (">=", 1.8), "ratio_100k": ("<=", 1.0),
+           "ratio_128": ("<=", 1.0), "ratio_256": ("<=", 1.0)}
+
+
+def components(quick: bool) -> dict[str, float]:
+    """The per-part figures of the issue's table, each from the bench that owns it (same protocol)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import index_search
+    import redis_memory
+    import shard_concurrency
+
+    out: dict = {}
+    index_search.memory_section(1_000_000, out)
+    out["redis_bytes_per_item"] = redis_memory.measure(1_000_000)["redis_bytes_per_item"]
+    index_search.rpc_section(100_000 if quick else 1_000_000, out)
+    shard_concurrency.measure(100_000, 3.0 if quick else 8.0, REPO, out)
+    index_search.sizes_section(300_000 if quick else 1_000_000, 400 if quick else 200, out)
+    return {"shard_bytes_per_item": out["bytes_per_item_index"], "redis_bytes_per_item": out["redis_bytes_per_item"],
+            "rpc_p50_ms": out["rpc_p50_ms"], "shard_concurrency_speedup": out["speedup_c4_100k"],
+            "ratio_100k": out["ratio_100k"], "ratio_128": out["ratio_128"], "ratio_256": out["ratio_256"],
+            "shard_rss_bytes_per_item": out.get("bytes_per_item_shard"), "rpc_items": out.get("n_rpc")}
 
 
 def reference_rate(session: ort.InferenceSession, facts: ModelFacts, images: list[bytes]) -> float:
@@ -97,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples, 5 mAP queries per class (≈ 3 min)")
     parser.add_argument("--model-repository", type=Path, default=REPO / "model_repository")
     parser.add_argument("--streams", type=int, default=2, help="concurrent ingest clients (default 2)")
+    parser.add_argument("--skip-components", action="store_true",
+                        help="only the cluster's figures, not the per-part ones (memory, RPC, FAISS ratios)")
     args = parser.parse_args(argv)
     n_latency, load_s, n_reference, per_class = (60, 10.0, 256, 5) if args.quick else (300, 30.0, 512, None)
     path = model_path(args.model_repository, DEFAULT_MODEL_NAME)
@@ -153,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         "ingest_streams": args.streams, "cpus": _cpus(), "machine": platform.processor() or platform.machine(),
         "commit": commit,
     }
-    figures["targets_missed"] = [name for name, (op, bound) in TARGETS.items()
-                                 if figures[name] is None or not _meets(float(figures[name]), op, bound)]
+    if not args.skip_components:
+        figures.update(components(args.quick))
+    figures["targets_missed"] = [name for name, (op, bound) in TARGETS.items() if name in figures
+                                 and (figures[name] is None or not _meets(float(figures[name]), op, bound))]
     rows = [("search by image, c=1, p50 / p99 ms", f"{one['p50_ms']} / {one['p99_ms']}", "≤ 10 / ≤ 20"),
             ("image queries/s, c=8", f"{e2e_rate:.1f}", ""),
             ("ingest img/s", f"{ingest_rate:.1f}", ""),
@@ -162,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             ("e2e_throughput_ratio", f"{figures['e2e_throughput_ratio']}", "≥ 0.8"),
             ("ingest_ratio", f"{figures['ingest_ratio']}", "≥ 0.9"),
             ("UC Merced mAP, served", f"{ucm_map:.4f}", f"{len(queries)} queries")]
+    rows += [(name, str(figures[name]), f"{op} {bound:g}") for name, (op, bound) in TARGETS.items()
+             if name in figures and name not in ("e2e_p50_ms", "e2e_p99_ms", "e2e_throughput_ratio", "ingest_ratio")]
     print(f"model {facts.version} ({facts.bits} bits), {len(split.database)} database images, {_cpus()} CPUs")
     print("| measure | value | target |\n|---|---|---|")
     for row in rows:

@@ -18,7 +18,13 @@ from pathlib import Path
 import onnx
 import torch
 
-from orbithash.export.repository import PYTHON_MODEL_FILE, config_path, model_path
+from orbithash.export.repository import (
+    PYTHON_MODEL_FILE,
+    config_path,
+    fp32_model_path,
+    model_path,
+    serving_record_path,
+)
 from orbithash.export.triton.configs import gpu_config
 from orbithash.files import atomic_write
 from orbithash.model_facts import INPUT_NAME, OUTPUT_LOGITS, OUTPUT_U, ModelFacts, ModelFactsError
@@ -59,6 +65,9 @@ def export_model(model: HashNet, facts: ModelFacts, repo_dir: Path, model_name: 
 
     path = model_path(repo_dir, model_name)
     atomic_write(path, proto.SerializeToString())
+    # A new FP32 model.onnx: an earlier model's FP32 copy and serving record no longer describe it.
+    for stale in (fp32_model_path(repo_dir, model_name), serving_record_path(repo_dir, model_name)):
+        stale.unlink(missing_ok=True)
     atomic_write(config_path(repo_dir, model_name), triton_config(facts, model_name).encode())
     atomic_write(path.parent / PYTHON_MODEL_FILE, TRITON_PYTHON_MODEL.read_bytes())
     # The same model.onnx on NVIDIA's Triton image: `tritonserver --model-config-name=gpu`.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -456,6 +457,24 @@ def test_make_gpu_config_keeps_the_model_and_its_facts(tmp_path: Path) -> None:
     assert (cpu_variant.platform, cpu_variant.parameters) == ("onnxruntime_onnx", cpu.parameters)
     assert (dst / "1" / "model.onnx").read_bytes() == b"onnx bytes"
     assert env_file.read_text() == "ORBITHASH_INDEX_MODEL_VERSION=0123456789ab\nORBITHASH_INDEX_BITS=48\n"
+
+
+def test_make_gpu_config_takes_the_fp32_model_where_export_serves_int8(tmp_path: Path) -> None:
+    """TensorRT optimises the FP32 model itself: the GPU repository gets it, under FP32's version."""
+    int8 = dataclasses.replace(FACTS, version="0123456789ab-int8-qdq-abcdef")
+    src = tmp_path / "src" / "orbithash"
+    (src / "1").mkdir(parents=True)
+    (src / "config.pbtxt").write_text(triton_config(int8, "orbithash"))
+    (src / "1" / "model.onnx").write_bytes(b"int8 bytes")
+    (src / "1" / "model.fp32.onnx").write_bytes(b"fp32 bytes")
+    (src / "serving.json").write_text(json.dumps({"served": "int8-qdq", "fp32_version": FACTS.version}))
+    env_file = tmp_path / "model-facts.env"
+    assert mgc.main([str(tmp_path / "src"), str(tmp_path / "dst"), "--index-env", str(env_file)]) == 0
+    dst = tmp_path / "dst" / "orbithash"
+    assert (dst / "1" / "model.onnx").read_bytes() == b"fp32 bytes"
+    gpu = parse(dst / "config.pbtxt")
+    assert ModelFacts.from_params({k: v.string_value for k, v in gpu.parameters.items()}) == FACTS
+    assert env_file.read_text() == f"ORBITHASH_INDEX_MODEL_VERSION={FACTS.version}\nORBITHASH_INDEX_BITS=48\n"
 
 
 def test_make_gpu_config_refuses_what_export_did_not_write(tmp_path: Path) -> None:
