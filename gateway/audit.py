@@ -35,8 +35,7 @@ def audited(action: str, **counts: int) -> Iterator[AuditRecord]:
     try:
         yield record
     except BaseException as exc:
-        code, _ = status_for(getattr(exc, "error", exc))  # IngestIncomplete answers with its error's code
-        outcome = code.name
+        outcome = status_for(exc)[0].name
         raise
     finally:
         who = current_principal()

@@ -368,7 +368,7 @@ class ShardStore:
         cursor = b"0"
         while True:
             cursor = self._migrate_v1(keys=[self.keys["meta"], id_to_slot], args=[cursor, _MIGRATE_CHUNK])
-            if cursor in (b"0", 0, "0"):
+            if int(cursor) == 0:
                 break
         self._client.delete(id_to_slot, slot_to_id)
 

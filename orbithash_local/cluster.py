@@ -35,6 +35,7 @@ from orbithash_local.redis_server import RedisServer
 from orbithash_local.security import LocalSecurity, prepare
 from orbithash_local.supervisor import Backoff, Supervisor
 from orbithash_local.triton import TritonServer
+from orbithash_serving.tls import channel_credentials
 
 log = logging.getLogger("orbithash.cluster")
 STATE_FILE = "cluster.json"
@@ -167,8 +168,7 @@ class Cluster:
         public = () if cfg.gateway_host in (LOOPBACK, "0.0.0.0", "") else (cfg.gateway_host,)
         self.security = prepare(cfg.work_dir, cfg.shards, public)
         probe = self.security.identity("launcher")
-        self._probe_credentials = grpc.ssl_channel_credentials(
-            probe.ca.read_bytes(), probe.key.read_bytes(), probe.cert.read_bytes())
+        self._probe_credentials = channel_credentials(str(probe.ca), str(probe.cert), str(probe.key))
 
     def start(self) -> None:
         cfg = self.config
@@ -232,8 +232,7 @@ class Cluster:
         assert self.gateway is not None
         if self.security is None:
             return grpc.insecure_channel(self.gateway.address)
-        client = self.security.identity("client")
-        return grpc.secure_channel(self.gateway.address, grpc.ssl_channel_credentials(client.ca.read_bytes()))
+        return grpc.secure_channel(self.gateway.address, channel_credentials(str(self.security.ca)))
 
     def call_metadata(self, role: str = "admin") -> list[tuple[str, str]]:
         """The metadata that authenticates a call with the local token of ``role`` (none without TLS)."""

@@ -22,6 +22,7 @@ import redis
 from orbithash import InvalidInput, Unavailable
 from orbithash_local.pki import Identity
 from orbithash_local.processes import ManagedProcess, free_port
+from orbithash_serving.private_files import write_private
 
 ADMIN = "admin"
 HASH_MAX_LISTPACK_ENTRIES = 512
@@ -56,15 +57,6 @@ def shard_acl(namespace: str, shard: int) -> str:
     """ACL rules (without the password) of shard ``shard``'s user: its own keys, the store's commands."""
     return " ".join(["resetkeys", "resetchannels", f"~{namespace}:{{{shard_user(shard)}}}:*", "-@all",
                      *(f"+{c}" for c in SHARD_COMMANDS)])
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` readable by this user only (0600 from the first byte), replacing ``path`` atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 class RedisServer:
@@ -125,7 +117,7 @@ class RedisServer:
         """``user``'s password: the one in its secret file, made (random, 0600) if there is none yet."""
         path = self.secrets_dir / user
         if not path.exists():
-            _write_private(path, secrets.token_urlsafe(32))
+            write_private(path, secrets.token_urlsafe(32))
         return path.read_text().strip()
 
     def _write_acl(self) -> None:
@@ -142,7 +134,7 @@ class RedisServer:
                  f"user {ADMIN} on {digest(ADMIN)} ~* &* +@all"]
         lines += [f"user {shard_user(n)} on {digest(shard_user(n))} {shard_acl(self.namespace, n)}"
                   for n in range(self.shards)]
-        _write_private(self.acl_file, "\n".join(lines) + "\n")
+        write_private(self.acl_file, "\n".join(lines) + "\n")
 
     def credentials(self, user: str) -> tuple[str, Path]:
         """(username, path of the 0600 file holding its password) for ``admin`` or ``shard-N``."""

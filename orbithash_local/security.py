@@ -16,6 +16,7 @@ from pathlib import Path
 
 from orbithash_local.pki import Identity, cluster_pki
 from orbithash_serving.access import Role, TokenEntry, hash_token, new_token, parse_token_file, write_token_file
+from orbithash_serving.private_files import write_private
 
 TOKENS_FILE = "tokens.json"
 
@@ -60,7 +61,7 @@ def prepare(work_dir: Path, shards: int, hosts: tuple[str, ...] = ()) -> LocalSe
         known = path.exists() and hash_token(path.read_text().strip()) in entries
         if not known:
             token = new_token()
-            _write_private(path, token + "\n")
+            write_private(path, token + "\n")
             entries[hash_token(token)] = TokenEntry(f"local-{role.label}", role, hash_token(token))
             changed = True
     if changed or not tokens_file.exists():
@@ -86,10 +87,3 @@ def revoke_token(tokens_file: Path, name: str) -> int:
     kept = [e for e in entries.values() if e.name != name]
     write_token_file(tokens_file, kept)
     return len(entries) - len(kept)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path.with_name(path.name + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(path.with_name(path.name + ".tmp"), path)

@@ -27,6 +27,7 @@ from typing import Protocol
 import grpc
 
 from orbithash import OrbitHashError
+from orbithash_serving.private_files import write_private
 
 log = logging.getLogger("orbithash.access")
 
@@ -132,11 +133,7 @@ def parse_token_file(text: str) -> dict[str, TokenEntry]:
 
 
 def write_token_file(path: Path, entries: list[TokenEntry]) -> None:
-    """Replace the file at once (the gateway never reads half of it), readable by its owner only."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"tokens": [e.as_json() for e in entries]}, indent=2) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_private(path, json.dumps({"tokens": [e.as_json() for e in entries]}, indent=2) + "\n")
 
 
 class TokenBook:

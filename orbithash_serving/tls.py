@@ -43,7 +43,6 @@ class ReloadingServerCertificate:
         self._checked = 0.0
         self._stamp = self._stamps()
         self.initial = self._configuration()
-        self.reloads = 0
 
     def _stamps(self) -> tuple[float, ...]:
         return tuple(Path(p).stat().st_mtime_ns for p in self._paths)
@@ -69,7 +68,6 @@ class ReloadingServerCertificate:
                 log.warning("TLS files changed but cannot be read yet (%s); keeping the current certificate", exc)
                 return None
             self._stamp = stamp
-            self.reloads += 1
             log.info("TLS certificate reloaded from %s", self._cert)
             return configuration
 

@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
 
 from orbithash_local.pki import cluster_pki  # noqa: E402
 from orbithash_local.redis_server import DEFAULT_USER_ACL, shard_acl  # noqa: E402  (the launcher's rules)
+from orbithash_serving.private_files import write_private  # noqa: E402
 
 ROLES = ("reader", "writer", "admin")
 STATE = "state.json"
@@ -103,13 +104,6 @@ def secret(name: str, namespace: str, data: dict[str, str], kind: str = "Opaque"
 def load_state(out: Path) -> dict:
     path = out / STATE
     return json.loads(path.read_text()) if path.exists() else {"redis": {}, "previous": {}, "tokens": []}
-
-
-def write_private(path: Path, text: str) -> None:
-    fd = os.open(path.with_name(path.name + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(path.with_name(path.name + ".tmp"), path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

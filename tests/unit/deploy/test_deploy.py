@@ -645,6 +645,9 @@ def test_redis_is_tls_only_with_acl_and_protected_mode() -> None:
     bind = bind[:next((i for i, a in enumerate(bind) if a.startswith("--")), len(bind))]
     assert bind == ["$(POD_IP)", "127.0.0.1"], "bound to the pod's address and loopback only"
     assert "requirepass" not in " ".join(args)
+    from orbithash_local.redis_server import HASH_MAX_LISTPACK_ENTRIES
+
+    assert value("--hash-max-listpack-entries") == str(HASH_MAX_LISTPACK_ENTRIES)  # the launcher's: id buckets compact
     probe = " ".join(redis["readinessProbe"]["exec"]["command"])
     assert "--tls" in probe and "--user probe" in probe and "grep -qx PONG" in probe
 
