@@ -185,10 +185,7 @@ def sublinear_section(n: int, nq: int, out: dict) -> None:
     d_ref, i_ref = ref.search(queries, k)
     got = index.search(queries, k)
     assert got == index.search(queries, k, strategy="scan"), "MIH differs from the scan"
-    for hits, d_row, i_row in zip(got, d_ref.tolist(), i_ref.tolist(), strict=True):
-        assert [d for _, d, _ in hits] == d_row, "distances differ from FAISS"
-        cut = d_row[-1]
-        assert {int(i) for i, d, _ in hits if d < cut} == {i for i, d in zip(i_row, d_row, strict=True) if d < cut}
+    same_answer(got, d_ref, i_ref)
     ours = median_ms(lambda q: index.search(q, k), queries)
     scan = median_ms(lambda q: index.search(q, k, strategy="scan"), queries)
     theirs = median_ms(lambda q: ref.search(q, k), queries)
