@@ -7,7 +7,8 @@ import sys
 from prometheus_client import CollectorRegistry
 
 from gateway.clients import EncoderClient, ShardClient, wait_for_model
-from gateway.core import Gateway, Limits
+from gateway.coalesce import CoalescingEncoder, CoalescingShard, batch_histogram
+from gateway.core import Encoder, Gateway, Limits, Shard
 from gateway.roles import METHOD_ROLES
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
@@ -22,10 +23,16 @@ from orbithash_serving.tls import client_credentials
 def build_gateway(settings: GatewaySettings, registry: CollectorRegistry) -> Gateway:
     """Connect to the encoder and the shards; returns once the encoder has said which model it serves."""
     credentials = client_credentials(settings)
-    encoder = EncoderClient(settings.encoder, credentials)
-    shards = [ShardClient(shard, address, credentials=credentials)
-              for shard, address in enumerate(settings.shard_addresses())]
+    encoder: Encoder = EncoderClient(settings.encoder, credentials)
+    shards: list[Shard] = [ShardClient(shard, address, credentials=credentials)
+                           for shard, address in enumerate(settings.shard_addresses())]
     facts = wait_for_model(encoder, settings.startup_timeout_s)
+    if settings.coalesce_inflight:
+        histogram = batch_histogram(registry)
+        encoder = CoalescingEncoder(encoder, max_images=settings.max_queries, max_bytes=settings.encode_bytes,
+                                    max_inflight=settings.coalesce_inflight, histogram=histogram)
+        shards = [CoalescingShard(s, number, max_codes=settings.max_queries, max_inflight=settings.coalesce_inflight,
+                                  histogram=histogram) for number, s in enumerate(shards)]
     limits = Limits(max_k=settings.max_k, timeout_s=settings.timeout_s, ingest_batch=settings.ingest_batch,
                     encode_bytes=settings.encode_bytes, max_ingest_items=settings.max_ingest_items,
                     write_batch=settings.write_batch, thumbnail_size=settings.thumbnail_size,

@@ -45,6 +45,10 @@ class GatewaySettings(ServiceSettings):
     max_hits: int = Field(100_000, ge=1, le=100_000_000, description="queries × k in one SearchMany")
     max_ids: int = Field(1024, ge=1, le=1_000_000, description=(
         "ids in one Get or UpdateMetadata (at most the shards' max_batch)"))
+    coalesce_inflight: int = Field(2, ge=0, le=64, description=(
+        "concurrent searches join into shared encoder and shard calls: a call goes out at once while "
+        "fewer than this many are in flight to that service, later ones wait and leave together "
+        "(docs/end-to-end.md); 0: every request makes its own calls"))
     startup_timeout_s: float = Field(120.0, gt=0, description="how long to wait for the encoder at start")
     # Who may call, and how much (docs/security.md).
     tokens_file: str | None = Field(None, description=(

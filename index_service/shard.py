@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from index_service.store import ShardStore
 from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, ResourceExhausted
 from orbithash.codes import as_code_array, check_ids, check_k, check_labels, rerank_pool, shown
-from orbithash.index import MIH_MIN_ITEMS, HammingIndex, rerank_asymmetric
+from orbithash.index import MIH_MIN_ITEMS, HammingIndex, Ranked, rerank_asymmetric
 from orbithash.index.rwlock import ReadWriteLock
 from orbithash.metadata import MetadataColumns, SceneFilter, SceneMeta, check_filter, check_scene, check_thumbnail
 from orbithash.metadata import decode as decode_metadata
@@ -235,22 +235,12 @@ class Shard:
         """Exact top-k by Hamming distance among the items that pass ``scene_filter``; with ``u``
         (K floats per query), the ``candidates`` nearest are re-ranked by the asymmetric score
         -u·b and the best k returned. Hits carry metadata and thumbnails when asked for."""
-        self._check_model(bits, model_version)
-        check_k(k, self.max_k)
-        self._check_batch(len(codes), "query codes")
-        queries = as_code_array(codes, self.bits, "query codes")
-        if len(u) and len(u) != len(codes) * self.bits:
-            raise InvalidInput(f"u has {len(u)} floats; {len(codes)} queries of {self.bits} bits need "
-                               f"{len(codes) * self.bits}")
-        if scene_filter is not None:
-            check_filter(scene_filter)
+        queries = self._checked_queries(codes, k, bits, model_version, u, scene_filter)
         with self._mirror.read():
-            allowed = None
-            if scene_filter is not None and not scene_filter.is_empty:
-                allowed = self._columns.mask(scene_filter, self._index.capacity)
+            allowed = self._allowed(scene_filter)
             if not len(u):
-                found = self._index.search(queries, k, max_distance, label, allowed=allowed)
-                results = [[ShardHit(i, d, lab) for i, d, lab in hits] for hits in found]
+                found = self._index.search_ranked(queries, k, max_distance, label, allowed=allowed)
+                results = [[ShardHit(i, d, lab) for i, d, lab in ranked.hits()] for ranked in found]
             else:
                 results = self._search_reranked(queries, np.asarray(u, np.float64).reshape(len(codes), self.bits),
                                                 k, max_distance, label, candidates, allowed)
@@ -260,6 +250,33 @@ class Shard:
             thumbs = iter(self._store.thumbnails([h.id for hits in results for h in hits]))
             results = [[replace(h, thumbnail=next(thumbs)) for h in hits] for hits in results]
         return results
+
+    def search_ranked(self, codes: Sequence[bytes], k: int, max_distance: int | None, label: int | None,
+                      bits: int, model_version: str, scene_filter: SceneFilter | None = None) -> list[Ranked]:
+        """``search`` without re-ranking, metadata or thumbnails, column-wise: no object per hit,
+        for a reply that sends the columns as they are."""
+        queries = self._checked_queries(codes, k, bits, model_version, (), scene_filter)
+        with self._mirror.read():
+            return self._index.search_ranked(queries, k, max_distance, label, allowed=self._allowed(scene_filter))
+
+    def _checked_queries(self, codes: Sequence[bytes], k: int, bits: int, model_version: str, u: Sequence[float],
+                         scene_filter: SceneFilter | None) -> np.ndarray:
+        self._check_model(bits, model_version)
+        check_k(k, self.max_k)
+        self._check_batch(len(codes), "query codes")
+        queries = as_code_array(codes, self.bits, "query codes")
+        if len(u) and len(u) != len(codes) * self.bits:
+            raise InvalidInput(f"u has {len(u)} floats; {len(codes)} queries of {self.bits} bits need "
+                               f"{len(codes) * self.bits}")
+        if scene_filter is not None:
+            check_filter(scene_filter)
+        return queries
+
+    def _allowed(self, scene_filter: SceneFilter | None) -> np.ndarray | None:
+        """The slots a filter lets through (caller holds the mirror's read lock); None: all."""
+        if scene_filter is None or scene_filter.is_empty:
+            return None
+        return self._columns.mask(scene_filter, self._index.capacity)
 
     def _metadata_of(self, item_id: str) -> SceneMeta:
         """A stored item's metadata from the mirror (caller holds the mirror's read lock)."""

@@ -97,12 +97,23 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: GrpcMetrics, access: AccessControl | None = None) -> None:
         self._metrics = metrics
         self._access = access or AccessControl()
+        self._handlers: dict[str, tuple[Any, Any]] = {}  # method → (service's handler, wrapped)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        # grpc asks for every call: the wrapped handler is built once per method and kept, keyed by
+        # the service's own handler so a changed registration is never served stale.
+        cached = self._handlers.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap_handler(handler, details.method)
+        self._handlers[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap_handler(self, handler: Any, full_method: str) -> Any:
+        service, _, method = full_method.lstrip("/").rpartition("/")
         if service.startswith(("grpc.health", "grpc.reflection")):
             return handler
         kinds = {
@@ -122,6 +133,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
               streaming_out: bool, streaming_in: bool) -> Callable[..., Any]:
         m = self._metrics
         labels = (service, method, kind)
+        started, seconds = m.started.labels(*labels), m.seconds.labels(*labels)
+        handled: dict[grpc.StatusCode, Any] = {}  # code → counter child, bound on first use
         access = self._access
         streaming = streaming_in or streaming_out
 
@@ -145,8 +158,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return behaviour(_refuse(request_or_iterator, method), context)
 
         def finish(start: float, code: grpc.StatusCode) -> None:
-            m.handled.labels(*labels, code.name).inc()
-            m.seconds.labels(*labels).observe(time.perf_counter() - start)
+            child = handled.get(code)
+            if child is None:
+                child = handled[code] = m.handled.labels(*labels, code.name)
+            child.inc()
+            seconds.observe(time.perf_counter() - start)
 
         def fail(exc: Exception, context: grpc.ServicerContext, start: float) -> None:
             code, message = status_for(exc)
@@ -156,7 +172,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             context.abort(code, message)
 
         def unary_out(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-            m.started.labels(*labels).inc()
+            started.inc()
             start = time.perf_counter()
             try:
                 with admitted(context):
@@ -170,7 +186,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return response
 
         def stream_out(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-            m.started.labels(*labels).inc()
+            started.inc()
             start = time.perf_counter()
             try:
                 with admitted(context):

@@ -7,9 +7,11 @@ shared numba ``kernels``; ``planner`` decides when the MIH tables pay and keeps 
 the index calls or annotates with. Imports numpy and numba only.
 """
 
-from orbithash.index.hamming import MAX_K, HammingIndex, Result, warm_up
+from orbithash.index.hamming import MAX_K, HammingIndex, warm_up
 from orbithash.index.mih import Tables
 from orbithash.index.planner import MIH_MIN_ITEMS, Strategy
+from orbithash.index.ranked import Ranked, Result
 from orbithash.index.rerank import rerank_asymmetric
 
-__all__ = ["MAX_K", "MIH_MIN_ITEMS", "HammingIndex", "Result", "Strategy", "Tables", "rerank_asymmetric", "warm_up"]
+__all__ = ["MAX_K", "MIH_MIN_ITEMS", "HammingIndex", "Ranked", "Result", "Strategy", "Tables", "rerank_asymmetric",
+           "warm_up"]

@@ -22,10 +22,11 @@ from numba import njit
 from orbithash import InvalidInput
 from orbithash.bits import code_bytes
 from orbithash.codes import as_code_array, check_bits, check_k, check_labels
-from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids, rank, split_ids
+from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids, rank
 from orbithash.index.mih import Tables
 from orbithash.index.planner import STRATEGIES, MihPlanner, Strategy
 from orbithash.index.pool import cpu_count
+from orbithash.index.ranked import Ranked, Result, empty_ranked
 from orbithash.index.rwlock import ReadWriteLock
 from orbithash.index.scan import scan_candidates, scan_range, scan_threads
 from orbithash.index.view import SlotView, TopK
@@ -33,8 +34,6 @@ from orbithash.index.view import SlotView, TopK
 # Above any shard's size (a larger k returns every item anyway), and small enough that the
 # candidate buffers sized from k stay within int range.
 MAX_K = 2**31 - 1
-
-Result = list[tuple[str, int, int]]  # (id, distance, label) by ascending distance, then id
 
 
 class HammingIndex:
@@ -170,7 +169,15 @@ class HammingIndex:
     def search(self, queries: np.ndarray, k: int, max_distance: int | None = None,
                label: int | None = None, *, strategy: Strategy = "auto",
                allowed: np.ndarray | None = None) -> list[Result]:
-        """Per query up to k (id, distance, label), by ascending distance then id.
+        """Per query up to k (id, distance, label), by ascending distance then id: ``search_ranked``
+        as tuples."""
+        return [r.hits() for r in self.search_ranked(queries, k, max_distance, label, strategy=strategy,
+                                                     allowed=allowed)]
+
+    def search_ranked(self, queries: np.ndarray, k: int, max_distance: int | None = None,
+                      label: int | None = None, *, strategy: Strategy = "auto",
+                      allowed: np.ndarray | None = None) -> list[Ranked]:
+        """Per query up to k hits by ascending distance then id, column-wise.
 
         ``strategy``: "auto" probes the MIH tables where they exist and may pay, else scans;
         "scan" and "mih" force one method (tests and benchmarks; "mih" builds the tables
@@ -195,7 +202,7 @@ class HammingIndex:
         with self._lock.read():
             view = self._view()
             if view.end == 0:
-                return [[] for _ in range(q.shape[0])]
+                return [empty_ranked() for _ in range(q.shape[0])]
             items = len(self._ids)
             if allowed is not None:
                 view, items = _restricted(view, allowed)
@@ -219,25 +226,28 @@ class HammingIndex:
         end = self._end
         return SlotView(self._codes[:end], self._live[:end], self._labels[:end], self._bits)
 
-    def _scan_one(self, view: SlotView, q: np.ndarray, top: TopK) -> Result:
+    def _scan_one(self, view: SlotView, q: np.ndarray, top: TopK) -> Ranked:
         """One query on one thread, scanned and ranked in a single compiled call.
 
         On a small shard the scan itself takes tens of microseconds, so the fixed cost of a call
         decides the latency: one dispatch instead of three, no candidate arrays handed back to
-        Python, and the k ids made by one decode and one split.
+        Python, and the k ids joined by the same call.
         """
         dist, labels, blob, ascii = _scan_ranked(view.codes.reshape(-1), view.words, q, view.live, view.labels,
                                                  *top.filter_args(), view.bits, *self._ids.columns)
-        return list(zip(split_ids(blob, ascii), dist.tolist(), labels.tolist(), strict=True))
+        return Ranked(blob, ascii, dist, labels)
 
-    def _rank(self, slots: np.ndarray, dist: np.ndarray, k: int) -> Result:
+    def _rank(self, slots: np.ndarray, dist: np.ndarray, k: int) -> Ranked:
         """Order candidates by (distance, id) and keep k.
 
         Candidates are usually about k, but a huge tie group at the cut (many equal codes) can make
-        them many: ``IdTable.ranked`` sorts them in numba (n log n) and decodes only the k kept ids.
+        them many: ``ids.rank`` sorts them in numba (n log n) and joins only the k kept ids.
         """
-        ids, slots, dist = self._ids.ranked(slots, dist, k)
-        return list(zip(ids, dist.tolist(), self._labels[slots].tolist(), strict=True))
+        if slots.shape[0] == 0:
+            return empty_ranked()
+        top, dist, blob, ascii = rank(*self._ids.columns, slots.astype(np.int64, copy=False),
+                                      dist.astype(np.int32, copy=False), k)
+        return Ranked(blob, ascii, dist, self._labels[top])
 
     def _words_of(self, codes: np.ndarray, what: str, n: int | None) -> np.ndarray:
         """Checked packed codes (``orbithash.codes.as_code_array``) padded to uint64 words."""
