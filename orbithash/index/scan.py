@@ -1,12 +1,22 @@
 """The exact linear scan: every slot's distance, without ever sorting N of them.
 
-The kernel scans blocks of slots, computing distances vectorised (LLVM lowers ``llvm.ctpop`` to
-VPOPCNTQ with AVX-512, to a PSHUFB nibble table with AVX2), skips a block whose minimum exceeds
-the running threshold, and appends the slots within it to a small candidate buffer; when the
-buffer holds 2k candidates a histogram over the distances (at most 257 bins) yields the k-th
-smallest, which becomes the new threshold.
+Per slot the kernel XORs the code with the query, counts bits with scalar ``popcnt`` and compares
+the sum with the running threshold; only a slot within it is checked for live and label and
+appended to a small candidate buffer. When the buffer holds 2k candidates a histogram over the
+distances (at most 257 bins) yields the k-th smallest, which becomes the new threshold.
 The result is every slot with distance <= the final k-th smallest distance: few candidates,
 which the index orders by (distance, id) so ties are deterministic.
+
+Why scalar and one pass: codes are interleaved (slot j's words are adjacent), so popcounting
+across slots with vectors needs shuffles to sum each slot's words, and with AVX2 (no vector
+popcount) that PSHUFB-table code is no faster than ``popcnt`` per word even when hand-built. The
+former scheme (a block's distances into a buffer, then a masked second pass where the block
+minimum reached the threshold) paid for that slow vectorised loop and, as a threshold at the
+k-th smallest often lies near a block's minimum, for the second pass too. Here live and label
+are read only for slots within the threshold. One kernel per word count keeps the query words
+in registers; two slots share one rarely taken branch, which halves the loop overhead. At 256
+bits (4 words) a software prefetch a few KiB ahead keeps memory from stalling the loop when the
+codes are not in cache.
 """
 
 from __future__ import annotations
@@ -14,92 +24,132 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from orbithash.index.kernels import concat, popcount, tighten
 from orbithash.index.pool import run_split
 from orbithash.index.view import Candidates, SlotView, TopK
 
-_BLOCK = 512  # slots per block: small enough to skip often, large enough to vectorise well
-_EXCLUDED = np.int32(1 << 12)  # added to the distance of dead/filtered slots: above any threshold
+# 256-bit codes: software prefetch this many words (4 KiB) ahead. When the codes do not sit in
+# cache the hardware prefetcher alone leaves the 4-word loop waiting on memory; for fewer words
+# the loop is slower per byte and an explicit prefetch only adds instructions.
+_AHEAD = 512
+_BLOCK = 512  # slots scanned between checks that the candidate buffer has room for all of them
 # Below this many uint64 words scanned per call, handing work to another thread costs more than
 # it saves (a hand-off is ~50 us; a scan does ~3 words per ns).
 _SPLIT_WORDS = 1 << 18
 
 
+@intrinsic
+def _prefetch(typingctx, arr, index):
+    """``llvm.prefetch`` (read, keep in all levels) of ``arr[index]``: a hint, so no bounds check
+    (x86 prefetches never fault)."""
+    if not (isinstance(arr, types.Array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        addr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [addr.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [addr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _block_distances(codes, words, q, live, labels, label, use_label, m, out):
-    """Distances of m consecutive slots into ``out``; dead or filtered slots get +_EXCLUDED.
+def _distance(codes, w, u, q0, q1, q2, q3):
+    """Distance of slot u (uint64) to the query, codes of w words; w is a constant where inlined.
 
-    The live flag is folded into the popcount loop itself: a separate pass over ``out`` costs
-    more than the flag at 128 and 256 bits, where the scan is bound by memory bandwidth.
+    Indices are unsigned so numba emits no negative-index wraparound, which costs registers
+    (the query words then spill to the stack) and instructions in the hot loop.
     """
-    if words == 1:
-        q0 = q[0]
-        for j in range(m):
-            out[j] = np.int32(popcount(codes[j] ^ q0)) | ((np.int32(live[j]) ^ 1) << 12)
-    elif words == 2:
-        q0 = q[0]
-        q1 = q[1]
-        for j in range(m):
-            out[j] = (np.int32(popcount(codes[2 * j] ^ q0) + popcount(codes[2 * j + 1] ^ q1))
-                      | ((np.int32(live[j]) ^ 1) << 12))
-    elif words == 3:
-        q0 = q[0]
-        q1 = q[1]
-        q2 = q[2]
-        for j in range(m):
-            out[j] = (np.int32(popcount(codes[3 * j] ^ q0) + popcount(codes[3 * j + 1] ^ q1)
-                               + popcount(codes[3 * j + 2] ^ q2)) | ((np.int32(live[j]) ^ 1) << 12))
-    else:
-        q0 = q[0]
-        q1 = q[1]
-        q2 = q[2]
-        q3 = q[3]
-        for j in range(m):
-            out[j] = (np.int32(popcount(codes[4 * j] ^ q0) + popcount(codes[4 * j + 1] ^ q1)
-                               + popcount(codes[4 * j + 2] ^ q2) + popcount(codes[4 * j + 3] ^ q3))
-                      | ((np.int32(live[j]) ^ 1) << 12))
-    if use_label:
-        for j in range(m):
-            if labels[j] != label:
-                out[j] |= _EXCLUDED
+    b = np.uint64(w) * u
+    if w == 1:
+        return np.int32(popcount(codes[b] ^ q0))
+    if w == 2:
+        return np.int32(popcount(codes[b] ^ q0) + popcount(codes[b + np.uint64(1)] ^ q1))
+    if w == 3:
+        return np.int32(popcount(codes[b] ^ q0) + popcount(codes[b + np.uint64(1)] ^ q1)
+                        + popcount(codes[b + np.uint64(2)] ^ q2))
+    return np.int32(popcount(codes[b] ^ q0) + popcount(codes[b + np.uint64(1)] ^ q1)
+                    + popcount(codes[b + np.uint64(2)] ^ q2) + popcount(codes[b + np.uint64(3)] ^ q3))
 
 
-@njit(cache=True, nogil=True)
-def _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,
-          cand_slots, cand_dist, n, limit, dist):
-    """Scan from slot i until the buffer holds ``limit`` candidates or the range ends.
+@njit(cache=True, nogil=True, inline="always")
+def _fill_words(codes, w, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+    """Scan from slot i until the buffer holds ``limit`` candidates or the range ends: (i, n).
 
-    Kept free of array reassignment: numba then keeps the hot loop free of reference counting
-    (4x faster here). A block is skipped unless its vectorised minimum reaches the threshold.
+    Kept free of array reassignment: numba then keeps the hot loop free of reference counting.
+    ``w`` (the word count) is a literal in each caller, so each gets its own straight-line loop.
     """
+    q0 = q[0]
+    q1 = q[1] if w > 1 else np.uint64(0)
+    q2 = q[2] if w > 2 else np.uint64(0)
+    q3 = q[3] if w > 3 else np.uint64(0)
+    thr = np.int32(threshold)
     cap = cand_slots.shape[0]
     while i < stop:
         m = min(_BLOCK, stop - i)
         if n >= limit or n + m > cap:
             return i, n
-        _block_distances(codes[i * words:(i + m) * words], words, q, live[i:i + m], labels[i:i + m],
-                         label, use_label, m, dist)
-        lowest = _EXCLUDED
-        for j in range(m):
-            lowest = min(lowest, dist[j])
-        if lowest <= threshold:  # rare once the threshold is tight; the branch predicts well
-            # On a small shard nearly every block gets here: a vectorised compare makes a bit mask
-            # per 64 slots, and only the set bits are visited (no branch per slot to mispredict).
-            for g in range(0, m, 64):
-                mask = np.uint64(0)
-                for j in range(g, min(g + 64, m)):
-                    mask |= np.uint64(dist[j] <= threshold) << np.uint64(j - g)
-                while mask != 0:
-                    low = mask & (~mask + np.uint64(1))
-                    j = g + np.int64(popcount(low - np.uint64(1)))  # the lowest set bit's index
-                    cand_slots[n] = i + j
-                    cand_dist[n] = dist[j]
-                    n += 1
-                    mask ^= low
+        t = np.uint64(n)
+        for j in range(i, i + m - 1, 2):  # two slots per iteration: one rarely taken branch for both
+            u = np.uint64(j)
+            if w == 4:  # one 64-byte line per iteration: fetch the one _AHEAD words on
+                _prefetch(codes, np.uint64(4) * u + np.uint64(_AHEAD))
+            d0 = _distance(codes, w, u, q0, q1, q2, q3)
+            d1 = _distance(codes, w, u + np.uint64(1), q0, q1, q2, q3)
+            if min(d0, d1) <= thr:
+                if d0 <= thr and live[u] != 0 and (not use_label or labels[u] == label):
+                    cand_slots[t] = j
+                    cand_dist[t] = d0
+                    t += np.uint64(1)
+                v = u + np.uint64(1)
+                if d1 <= thr and live[v] != 0 and (not use_label or labels[v] == label):
+                    cand_slots[t] = j + 1
+                    cand_dist[t] = d1
+                    t += np.uint64(1)
+        if m % 2:  # the odd slot left at the end of the range
+            j = i + m - 1
+            u = np.uint64(j)
+            d = _distance(codes, w, u, q0, q1, q2, q3)
+            if d <= thr and live[u] != 0 and (not use_label or labels[u] == label):
+                cand_slots[t] = j
+                cand_dist[t] = d
+                t += np.uint64(1)
+        n = np.int64(t)
         i += m
     return i, n
+
+
+@njit(cache=True, nogil=True)
+def _fill1(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+    """``_fill_words`` for 1-word (<= 64-bit) codes."""
+    return _fill_words(codes, 1, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+
+
+@njit(cache=True, nogil=True)
+def _fill2(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+    """``_fill_words`` for 2-word (65- to 128-bit) codes."""
+    return _fill_words(codes, 2, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+
+
+@njit(cache=True, nogil=True)
+def _fill3(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+    """``_fill_words`` for 3-word (129- to 192-bit) codes."""
+    return _fill_words(codes, 3, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+
+
+@njit(cache=True, nogil=True)
+def _fill4(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+    """``_fill_words`` for 4-word (193- to 256-bit) codes."""
+    return _fill_words(codes, 4, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
 
 
 @njit(cache=True, nogil=True)
@@ -108,12 +158,17 @@ def scan_range(codes, words, q, live, labels, label, use_label, k, threshold, bi
     limit = max(min(2 * k, stop - start), 1)
     cand_slots = np.empty(limit + _BLOCK, np.int64)
     cand_dist = np.empty(limit + _BLOCK, np.int32)
-    dist = np.empty(_BLOCK, np.int32)
     n = 0
     i = start
     while True:
-        i, n = _fill(codes, words, q, live, labels, label, use_label, threshold, i, stop,
-                     cand_slots, cand_dist, n, limit, dist)
+        if words == 1:
+            i, n = _fill1(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+        elif words == 2:
+            i, n = _fill2(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+        elif words == 3:
+            i, n = _fill3(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+        else:
+            i, n = _fill4(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
         n, threshold = tighten(cand_slots, cand_dist, n, k, threshold, bits)
         if i >= stop:
             break
