@@ -32,6 +32,9 @@ class ExportedModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning: the CPU they would burn between requests
+        # belongs to the decode and RPC work of the other processes on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self.facts = ModelFacts.from_params(dict(self._session.get_modelmeta().custom_metadata_map))
         given = self._session.get_inputs()[0].type
