@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -100,6 +101,45 @@ def test_rerank_orders_by_asymmetric_score(gateway: rpc.GatewayStub, ingested: d
     with pytest.raises(grpc.RpcError) as err:
         gateway.Search(pb.SearchRequest(id=rec.id, k=k, rerank=True), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _coalesced(cluster: Cluster, target: str) -> tuple[float, float]:
+    """(calls, requests) the gateway sent to ``target`` in joined calls, from its /metrics."""
+    assert cluster.gateway is not None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.gateway.metrics_port}/metrics", timeout=5).read().decode()
+    values = {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith("orbithash_gateway_coalesced_requests_") and f'target="{target}"' in line
+              and not line.startswith("orbithash_gateway_coalesced_requests_bucket")}
+    return values["orbithash_gateway_coalesced_requests_count"], values["orbithash_gateway_coalesced_requests_sum"]
+
+
+def test_concurrent_searches_share_calls_and_each_gets_its_own_answer(
+        cluster: Cluster, gateway: rpc.GatewayStub, ingested: dict[str, bytes], ucm_subset: Split) -> None:
+    """16 callers at once, images and codes and one corrupt image: the gateway joins them into shared
+    encoder and shard calls, yet every caller gets exactly the answer it gets alone."""
+    records = ucm_subset.queries[:12]
+    requests = [pb.SearchRequest(image=r.data, k=5) for r in records]
+    requests += [pb.SearchRequest(code=ingested[r.id], k=5) for r in records[:3]]
+    alone = [gateway.Search(r, timeout=60) for r in requests]
+    corrupt = pb.SearchRequest(image=b"\x89PNG\r\n\x1a\n not really", k=5)
+    calls_before, joined_before = _coalesced(cluster, "encoder")
+
+    def ask(request: pb.SearchRequest) -> pb.SearchResponse | grpc.StatusCode:
+        try:
+            return gateway.Search(request, timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code()
+
+    with ThreadPoolExecutor(16) as pool:
+        rounds = [list(pool.map(ask, [*requests, corrupt])) for _ in range(3)]
+    for answers in rounds:
+        assert answers[-1] == grpc.StatusCode.INVALID_ARGUMENT
+        for got, want in zip(answers[:-1], alone, strict=True):
+            assert isinstance(got, pb.SearchResponse)
+            assert [(h.id, h.distance) for h in got.hits] == [(h.id, h.distance) for h in want.hits]
+            assert got.query.code == want.query.code
+    calls, joined = (a - b for a, b in zip(_coalesced(cluster, "encoder"), (calls_before, joined_before), strict=True))
+    assert joined == 3 * 13 and calls < joined, f"{joined} image requests in {calls} encoder calls: none shared"
 
 
 def test_answers_come_from_more_than_one_shard(gateway: rpc.GatewayStub, ingested: dict[str, bytes]) -> None:
