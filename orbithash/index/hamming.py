@@ -22,13 +22,14 @@ from numba import njit
 from orbithash import InvalidInput
 from orbithash.bits import code_bytes
 from orbithash.codes import as_code_array, check_bits, check_k, check_labels
+from orbithash.index import planner
 from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids, rank
 from orbithash.index.mih import Tables
 from orbithash.index.planner import STRATEGIES, MihPlanner, Strategy
 from orbithash.index.pool import cpu_count
 from orbithash.index.ranked import Ranked, Result, empty_ranked
 from orbithash.index.rwlock import ReadWriteLock
-from orbithash.index.scan import scan_candidates, scan_range, scan_threads
+from orbithash.index.scan import one_thread, scan_candidates, scan_into, scan_threads
 from orbithash.index.view import SlotView, TopK
 
 # Above any shard's size (a larger k returns every item anyway), and small enough that the
@@ -185,6 +186,10 @@ class HammingIndex:
         ``allowed``: a bool per slot (slots past its end count as False); only allowed slots are
         searched, like the label filter, before ranking, so the result is the exact top-k of them.
         """
+        if max_distance is None and label is None and allowed is None and strategy == "auto":
+            plain = self._search_plain(queries, k)
+            if plain is not None:
+                return plain
         q = self._words_of(queries, "queries", None)
         k = check_k(k, MAX_K)
         if max_distance is not None and max_distance < 0:
@@ -216,6 +221,32 @@ class HammingIndex:
                 rescanned = iter(scan_candidates(view, q[missed], top, self._threads) if missed else [])
                 candidates = [next(rescanned) if hits is None else hits for hits in probed]
             return [self._rank(slots, dist, k) for slots, dist in candidates]
+
+    def _search_plain(self, queries: np.ndarray, k: int) -> list[Ranked] | None:
+        """``search_ranked`` of one query with no filter, radius or forced strategy on a shard the
+        scan serves on one thread (the common case on a small shard); None for anything else, which
+        the general path then answers (validating again costs a batch little).
+
+        On a small shard the fixed cost of a call decides the latency, so this does the same checks
+        (``as_code_array``, ``check_k``) but builds no view, question or word copy: the compiled
+        call takes the packed query bytes and the whole slot arrays with their end, scans and ranks.
+        """
+        arr = as_code_array(queries, self._bits, "queries", None)
+        if arr.shape[0] != 1:
+            return None
+        k = check_k(k, MAX_K)
+        if not (arr.flags.c_contiguous and arr.flags.writeable):  # one compiled type, whatever came in
+            arr = arr.copy()
+        with self._lock.read():
+            end = self._end
+            if end == 0:
+                return [empty_ranked()]
+            # planner.MIH_MIN_ITEMS read at call time, as the planner reads it (tests lower it).
+            if len(self._ids) >= planner.MIH_MIN_ITEMS or not one_thread(end, self._words, self._threads):
+                return None  # the planner may probe, or the scan may split: the general path decides
+            dist, labels, blob, ascii = _search_one(self._codes, arr, self._live, self._labels, end, k,
+                                                    self._bits, *self._ids.columns)
+            return [Ranked(blob, ascii, dist, labels)]
 
     def build_multi_index(self) -> Tables:
         """Build (or rebuild) the MIH tables now; searches go on meanwhile, writes too."""
@@ -292,12 +323,35 @@ def _restricted(view: SlotView, allowed: np.ndarray) -> tuple[SlotView, int]:
     return view._replace(live=live), int(np.count_nonzero(live))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _ranked_labels(labels, top):
+    """labels[top] as a loop: numba's fancy indexing does more work for these few."""
+    out = np.empty(top.shape[0], np.int32)
+    for p in range(top.shape[0]):
+        out[p] = labels[top[p]]
+    return out
+
+
 @njit(cache=True, nogil=True)
 def _scan_ranked(codes, words, q, live, labels, label, use_label, k, threshold, bits, buf, offsets, lengths):
-    """``scan_range`` over every slot, then ``rank``: (distances, labels, joined ids, ASCII) of the top k."""
-    slots, dist = scan_range(codes, words, q, live, labels, label, use_label, k, threshold, bits, 0, live.shape[0])
-    top, top_dist, blob, ascii = rank(buf, offsets, lengths, slots, dist, k)
-    return top_dist, labels[top], blob, ascii
+    """The scan over every slot, then ``rank``: (distances, labels, joined ids, ASCII) of the top k."""
+    slots, dist, n = scan_into(codes, words, q, live, labels, label, use_label, k, threshold, 0, live.shape[0])
+    top, top_dist, blob, ascii = rank(buf, offsets, lengths, slots[:n], dist[:n], k)
+    return top_dist, _ranked_labels(labels, top), blob, ascii
+
+
+@njit(cache=True, nogil=True)
+def _search_one(codes, query, live, labels, end, k, bits, buf, offsets, lengths):
+    """``_scan_ranked`` for ``_search_plain``: ``codes`` (capacity, words) and ``live``/``labels`` whole,
+    scanned up to ``end``; ``query`` one row of packed bytes (zero padding bits checked), made into
+    words here rather than by numpy calls in Python."""
+    words = codes.shape[1]
+    q = np.zeros(words, np.uint64)
+    for b in range(query.shape[1]):  # little-endian, as a uint64 view of the padded bytes reads them
+        q[b >> 3] |= np.uint64(query[0, b]) << np.uint64(8 * (b & 7))
+    slots, dist, n = scan_into(codes.reshape(-1), words, q, live, labels, 0, False, k, bits, 0, end)
+    top, top_dist, blob, ascii = rank(buf, offsets, lengths, slots[:n], dist[:n], k)
+    return top_dist, _ranked_labels(labels, top), blob, ascii
 
 
 def warm_up() -> None:

@@ -209,20 +209,32 @@ def _id_less(local, starts, lengths, a, b):
 
 
 @njit(cache=True, nogil=True)
-def _sort_by_id(order, a, b, local, starts, lengths):
-    """Sort order[a:b] by id: insertion-sorted runs of 16, then bottom-up merges, so even a huge
-    run of equal keys costs n log n comparisons, never n^2 (ids are unique: stability is moot)."""
+def _tie_less(local, starts, lengths, a, b):
+    """``_id_less`` as a call of its own: only equal keys need it, and inlined into the sort's
+    comparisons its loop makes every comparison several times slower."""
+    return _id_less(local, starts, lengths, a, b)
+
+
+@njit(cache=True, nogil=True)
+def _sort_group(order, a, b, keys, local, starts, lengths, tmp):
+    """Sort order[a:b] by (key, id): insertion-sorted runs of 16, then bottom-up merges through
+    ``tmp`` (as long as ``order``), so even a huge run of equal keys costs n log n comparisons,
+    never n^2 (ids are unique: stability is moot). Most groups fit one run: no merge at all."""
     run = 16
     for s in range(a, b, run):
         e = min(s + run, b)
         for i in range(s + 1, e):
             x = order[i]
+            kx = keys[x]
             j = i - 1
-            while j >= s and _id_less(local, starts, lengths, x, order[j]):
-                order[j + 1] = order[j]
+            while j >= s:
+                y = order[j]
+                ky = keys[y]
+                if kx > ky or (kx == ky and not _tie_less(local, starts, lengths, x, y)):
+                    break
+                order[j + 1] = y
                 j -= 1
             order[j + 1] = x
-    tmp = np.empty_like(order)
     width = run
     in_tmp = False  # where the sorted runs are now
     while width < b - a:
@@ -235,20 +247,28 @@ def _sort_by_id(order, a, b, local, starts, lengths):
             j = mid
             p = lo
             while i < mid and j < hi:
-                if _id_less(local, starts, lengths, src[j], src[i]):
-                    dst[p] = src[j]
+                x = src[i]
+                y = src[j]
+                if keys[y] < keys[x] or (keys[y] == keys[x] and _tie_less(local, starts, lengths, y, x)):
+                    dst[p] = y
                     j += 1
                 else:
-                    dst[p] = src[i]
+                    dst[p] = x
                     i += 1
                 p += 1
-            dst[p:p + mid - i] = src[i:mid]
-            p += mid - i
-            dst[p:p + hi - j] = src[j:hi]
+            while i < mid:
+                dst[p] = src[i]
+                i += 1
+                p += 1
+            while j < hi:
+                dst[p] = src[j]
+                j += 1
+                p += 1
         in_tmp = not in_tmp
         width *= 2
     if in_tmp:
-        order[a:b] = tmp[a:b]
+        for i in range(a, b):
+            order[i] = tmp[i]
 
 
 @njit(cache=True, nogil=True)
@@ -256,12 +276,14 @@ def rank(buf, offsets, lengths, slots, dist, k):
     """The min(k, n) candidates smallest by (distance, id), in order: (slots, distances, their ids
     joined by 0xFF bytes, whether all are ASCII), as ``split_ids`` reads them.
 
-    The ids of the candidates that can reach the first k (by a count of distances, which are
-    small integers) are copied once into a small local buffer. Each gets one integer key: its
-    distance in the top 9 bits, then the 55 bits that follow the ids' common prefix (ids like
-    ``item-000001234`` share most of theirs), zero-padded, so a shorter id can only tie with or
-    precede those it is a prefix of. One integer sort orders nearly everything; runs of equal
-    keys are then finished by comparing all the bytes. No Python sort, no id str but the k kept.
+    Distances are small integers, so a count of them gives the cut (candidates beyond the first
+    distance group that reaches k can never be kept) and a counting sort groups the rest by
+    distance; only within a group are ids compared. The ids of those candidates are copied once
+    into a small local buffer. Each gets one integer key: the 8 bytes that follow the ids' common
+    prefix (ids like ``item-000001234`` share most of theirs), zero-padded, so a shorter id can only
+    tie with or precede those it is a prefix of; equal keys are finished by comparing all the
+    bytes. Groups are small, so the sort is mostly insertion sort on integers: no Python sort, no
+    general argsort, no id str but the k kept. Scratch arrays share one allocation.
     """
     n = slots.shape[0]
     top = 0
@@ -278,30 +300,37 @@ def rank(buf, offsets, lengths, slots, dist, k):
         if seen >= m:
             cut = t
             break
-    used = 0
+    for t in range(cut + 1):  # count[t]: where distance t's group starts
+        count[t + 1] += count[t]
+    used = count[cut + 1]
+    scratch = np.empty(6 * used, np.int64)
+    pick = scratch[:used]  # indices into slots, grouped by distance, in slot-list order within
+    starts = scratch[used:2 * used]
+    lens = scratch[2 * used:3 * used]
+    offs = scratch[3 * used:4 * used]
+    order = scratch[4 * used:5 * used]  # into pick, sorted
+    tmp = scratch[5 * used:]
     for j in range(n):
-        used += dist[j] <= cut
-    pick = np.empty(used, np.int64)  # indices into slots
-    starts = np.empty(used, np.int64)
-    lens = np.empty(used, np.int64)
-    offs = np.empty(used, np.int64)
-    p = 0
-    for j in range(n):
-        if dist[j] <= cut:
-            pick[p] = j
-            p += 1
+        d = dist[j]
+        if d <= cut:
+            pick[count[d]] = j
+            count[d] += 1
     size = 0
     lead = np.uint8(0)  # the first bytes of the ids, or-ed
     for p in range(used):  # independent loads, so their cache misses overlap: 2x faster on a large shard
-        lens[p] = lengths[slots[pick[p]]]
-        offs[p] = offsets[slots[pick[p]]]
+        s = slots[pick[p]]
+        lens[p] = lengths[s]
+        offs[p] = offsets[s]
         lead |= buf[offs[p]]  # touches each id's bytes now, while the other loads are in flight
     for p in range(used):
         starts[p] = size
         size += lens[p]
     local = np.empty(size, np.uint8)
     for p in range(used):
-        local[starts[p]:starts[p] + lens[p]] = buf[offs[p]:offs[p] + lens[p]]
+        o = offs[p]
+        st = starts[p]
+        for i in range(lens[p]):
+            local[st + i] = buf[o + i]
     common = lens[0] if used else 0  # the longest prefix all these ids share
     for p in range(1, used):
         c = 0
@@ -311,19 +340,20 @@ def rank(buf, offsets, lengths, slots, dist, k):
         common = c
     keys = np.empty(used, np.uint64)
     for p in range(used):
-        key = np.uint64(dist[pick[p]]) << np.uint64(55)
-        for i in range(7):
-            if common + i < lens[p]:
-                key |= np.uint64(local[starts[p] + common + i]) << np.uint64(47 - 8 * i)
+        key = np.uint64(0)
+        st = starts[p] + common
+        rest = lens[p] - common
+        for i in range(8):
+            key <<= np.uint64(8)
+            if i < rest:
+                key |= np.uint64(local[st + i])
         keys[p] = key
-    order = np.argsort(keys)
+        order[p] = p
     a = 0
-    while a < used:  # finish runs of equal keys (same distance, same 7 bytes) by all the bytes
-        b = a + 1
-        while b < used and keys[order[b]] == keys[order[a]]:
-            b += 1
+    for t in range(cut + 1):  # each distance group (count[t] is now where group t ends)
+        b = count[t]
         if b - a > 1:
-            _sort_by_id(order, a, b, local, starts, lens)
+            _sort_group(order, a, b, keys, local, starts, lens, tmp)
         a = b
     out_slots = np.empty(m, np.int64)
     out_dist = np.empty(m, np.int32)
@@ -340,8 +370,9 @@ def rank(buf, offsets, lengths, slots, dist, k):
             blob[w] = 0xFF
             w += 1
         q = order[p]
+        st = starts[q]
         for i in range(lens[q]):
-            c = local[starts[q] + i]
+            c = local[st + i]
             ascii &= c < 0x80
             blob[w + i] = c
         w += lens[q]

@@ -2,10 +2,11 @@
 
 Per slot the kernel XORs the code with the query, counts bits with scalar ``popcnt`` and compares
 the sum with the running threshold; only a slot within it is checked for live and label and
-appended to a small candidate buffer. When the buffer holds 2k candidates a histogram over the
-distances (at most 257 bins) yields the k-th smallest, which becomes the new threshold.
-The result is every slot with distance <= the final k-th smallest distance: few candidates,
-which the index orders by (distance, id) so ties are deterministic.
+appended to a small candidate buffer. After each block of slots a histogram of the candidates'
+distances (at most 257 bins, kept up to date block by block) yields the k-th smallest so far,
+which becomes the new threshold; candidates above it are dropped when the buffer fills and at
+the end. The result is every slot with distance <= the final k-th smallest distance: few
+candidates, which the index orders by (distance, id) so ties are deterministic.
 
 Why scalar and one pass: codes are interleaved (slot j's words are adjacent), so popcounting
 across slots with vectors needs shuffles to sum each slot's words, and with AVX2 (no vector
@@ -29,7 +30,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from orbithash.index.kernels import concat, popcount, tighten
+from orbithash.index.kernels import concat, popcount
 from orbithash.index.pool import run_split
 from orbithash.index.view import Candidates, SlotView, TopK
 
@@ -37,7 +38,7 @@ from orbithash.index.view import Candidates, SlotView, TopK
 # cache the hardware prefetcher alone leaves the 4-word loop waiting on memory; for fewer words
 # the loop is slower per byte and an explicit prefetch only adds instructions.
 _AHEAD = 512
-_BLOCK = 512  # slots scanned between checks that the candidate buffer has room for all of them
+_BLOCK = 512  # slots scanned between threshold updates and checks that the buffer has room for all of them
 # Below this many uint64 words scanned per call, handing work to another thread costs more than
 # it saves (a hand-off is ~50 us; a scan does ~3 words per ns).
 _SPLIT_WORDS = 1 << 18
@@ -81,9 +82,30 @@ def _distance(codes, w, u, q0, q1, q2, q3):
                     + popcount(codes[b + np.uint64(2)] ^ q2) + popcount(codes[b + np.uint64(3)] ^ q3))
 
 
+@njit(cache=True, nogil=True)
+def _lower(cand_dist, hist, a, b, thr):
+    """Count candidates a..b (all within ``thr``) in ``hist``, then lower ``thr`` to the k-th
+    smallest distance kept so far; hist[-2] holds k, hist[-1] how many kept lie within thr.
+    A call of its own: inlined, its state would stay live across the scan loop and crowd its
+    registers."""
+    for p in range(a, b):
+        hist[cand_dist[p]] += 1
+    cnt = hist[-1] + (b - a)
+    k = hist[-2]
+    while cnt - hist[thr] >= k:
+        cnt -= hist[thr]
+        thr = np.int32(thr - 1)
+    hist[-1] = cnt
+    return thr
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _fill_words(codes, w, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
-    """Scan from slot i until the buffer holds ``limit`` candidates or the range ends: (i, n).
+def _fill_words(codes, w, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n):
+    """Scan from slot i until the buffer may not hold another block or the range ends: (i, n, thr).
+
+    After each block the threshold falls to the k-th smallest distance seen so far (``_lower``),
+    so it tightens early instead of only when the buffer fills, and fewer slots pass it; within
+    a block it stays fixed, which keeps the loop as lean as a constant threshold would.
 
     Kept free of array reassignment: numba then keeps the hot loop free of reference counting.
     ``w`` (the word count) is a literal in each caller, so each gets its own straight-line loop.
@@ -92,12 +114,11 @@ def _fill_words(codes, w, q, live, labels, label, use_label, threshold, i, stop,
     q1 = q[1] if w > 1 else np.uint64(0)
     q2 = q[2] if w > 2 else np.uint64(0)
     q3 = q[3] if w > 3 else np.uint64(0)
-    thr = np.int32(threshold)
     cap = cand_slots.shape[0]
     while i < stop:
         m = min(_BLOCK, stop - i)
-        if n >= limit or n + m > cap:
-            return i, n
+        if n + m > cap:
+            return i, n, thr
         t = np.uint64(n)
         for j in range(i, i + m - 1, 2):  # two slots per iteration: one rarely taken branch for both
             u = np.uint64(j)
@@ -123,64 +144,82 @@ def _fill_words(codes, w, q, live, labels, label, use_label, threshold, i, stop,
                 cand_slots[t] = j
                 cand_dist[t] = d
                 t += np.uint64(1)
+        if np.int64(t) > n:
+            thr = _lower(cand_dist, hist, n, np.int64(t), thr)
         n = np.int64(t)
         i += m
-    return i, n
+    return i, n, thr
 
 
 @njit(cache=True, nogil=True)
-def _fill1(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+def _fill1(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n):
     """``_fill_words`` for 1-word (<= 64-bit) codes."""
-    return _fill_words(codes, 1, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+    return _fill_words(codes, 1, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
 
 
 @njit(cache=True, nogil=True)
-def _fill2(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+def _fill2(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n):
     """``_fill_words`` for 2-word (65- to 128-bit) codes."""
-    return _fill_words(codes, 2, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+    return _fill_words(codes, 2, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
 
 
 @njit(cache=True, nogil=True)
-def _fill3(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+def _fill3(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n):
     """``_fill_words`` for 3-word (129- to 192-bit) codes."""
-    return _fill_words(codes, 3, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+    return _fill_words(codes, 3, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
 
 
 @njit(cache=True, nogil=True)
-def _fill4(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit):
+def _fill4(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n):
     """``_fill_words`` for 4-word (193- to 256-bit) codes."""
-    return _fill_words(codes, 4, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
+    return _fill_words(codes, 4, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+
+
+@njit(cache=True, nogil=True)
+def scan_into(codes, words, q, live, labels, label, use_label, k, threshold, start, stop):
+    """``scan_range``'s candidates as (slots buffer, distances buffer, count): the first count entries
+    of each, unordered; for a compiled caller that uses them at once, so nothing is copied."""
+    cap = max(min(2 * k, stop - start), 1) + _BLOCK
+    cand_slots = np.empty(cap, np.int64)
+    cand_dist = np.empty(cap, np.int32)
+    top = 64 * words  # no distance exceeds it, so the histogram needs no bounds check
+    hist = np.zeros(top + 3, np.int64)  # by distance, then k and a count (see _lower)
+    hist[-2] = k
+    thr = np.int32(min(threshold, top))
+    n = 0
+    i = start
+    while True:
+        if words == 1:
+            i, n, thr = _fill1(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+        elif words == 2:
+            i, n, thr = _fill2(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+        elif words == 3:
+            i, n, thr = _fill3(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+        else:
+            i, n, thr = _fill4(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+        kept = 0  # drop what was kept before the threshold fell below it
+        for j in range(n):
+            if cand_dist[j] <= thr:
+                cand_slots[kept] = cand_slots[j]
+                cand_dist[kept] = cand_dist[j]
+                kept += 1
+        n = kept
+        if i >= stop:
+            break
+        if 2 * (n + _BLOCK) > cand_slots.shape[0]:  # ties at the threshold fill the buffer: grow it geometrically
+            grown_slots = np.empty(4 * (n + _BLOCK), np.int64)
+            grown_slots[:n] = cand_slots[:n]
+            cand_slots = grown_slots
+            grown_dist = np.empty(4 * (n + _BLOCK), np.int32)
+            grown_dist[:n] = cand_dist[:n]
+            cand_dist = grown_dist
+    return cand_slots, cand_dist, n
 
 
 @njit(cache=True, nogil=True)
 def scan_range(codes, words, q, live, labels, label, use_label, k, threshold, bits, start, stop):
     """Every slot in [start, stop) whose distance is <= the k-th smallest there (and <= threshold)."""
-    limit = max(min(2 * k, stop - start), 1)
-    cand_slots = np.empty(limit + _BLOCK, np.int64)
-    cand_dist = np.empty(limit + _BLOCK, np.int32)
-    n = 0
-    i = start
-    while True:
-        if words == 1:
-            i, n = _fill1(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
-        elif words == 2:
-            i, n = _fill2(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
-        elif words == 3:
-            i, n = _fill3(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
-        else:
-            i, n = _fill4(codes, q, live, labels, label, use_label, threshold, i, stop, cand_slots, cand_dist, n, limit)
-        n, threshold = tighten(cand_slots, cand_dist, n, k, threshold, bits)
-        if i >= stop:
-            break
-        if n >= limit:  # ties at the threshold fill the buffer: grow it geometrically
-            limit = 2 * n + k
-        if limit + _BLOCK > cand_slots.shape[0]:
-            grown_slots = np.empty(2 * (limit + _BLOCK), np.int64)
-            grown_slots[:n] = cand_slots[:n]
-            cand_slots = grown_slots
-            grown_dist = np.empty(2 * (limit + _BLOCK), np.int32)
-            grown_dist[:n] = cand_dist[:n]
-            cand_dist = grown_dist
+    cand_slots, cand_dist, n = scan_into(codes, words, q, live, labels, label, use_label, k, threshold, start, stop)
     return cand_slots[:n].copy(), cand_dist[:n].copy()
 
 
@@ -195,6 +234,11 @@ def _scan_many(codes, words, queries, live, labels, label, use_label, k, thresho
         parts_slots.append(s)
         parts_dist.append(d)
     return concat(parts_slots, parts_dist)
+
+
+def one_thread(end: int, words: int, threads: int) -> bool:
+    """Whether one query over slots [0, end) of ``words`` words is scanned on one thread."""
+    return threads == 1 or end * words < _SPLIT_WORDS
 
 
 def scan_threads(view: SlotView, nq: int, threads: int) -> int:
