@@ -357,11 +357,13 @@ def _search_one(codes, query, live, labels, end, k, bits, buf, offsets, lengths)
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) the kernel before a service takes traffic.
 
-    Word count, radius and label filter are runtime arguments of one signature, so a tiny batch
-    and a tiny single query cover every shape a shard will use.
+    Word count, radius and label filter are runtime arguments of one signature, so a tiny batch,
+    a tiny single query and a tiny plain query cover every shape a shard will use. A kernel left
+    to compile at its first query would stall every search of a restarted shard meanwhile.
     """
     index = HammingIndex(64, capacity=4, threads=1)
     codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
     index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
     index.search(codes, 1, max_distance=3, label=1)  # a batch: the general path
     index.search(codes[:1], 1, max_distance=3, label=1)  # one query: the fused scan-and-rank path
+    index.search(codes[:1], 1)  # one plain query: the single compiled call of ``_search_plain``

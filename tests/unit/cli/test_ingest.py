@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -213,6 +214,7 @@ def test_ctrl_c_stops_after_the_batches_in_flight(tmp_path: Path, client: FakeCl
     def interrupting(items, **kw):
         done = original(items, **kw)
         signal.raise_signal(signal.SIGINT)  # the operator presses Ctrl-C while this batch is acknowledged
+        time.sleep(0.5)  # the main thread handles the signal before this batch returns, even on a busy machine
         return done
 
     client.ingest = interrupting  # type: ignore[method-assign]
