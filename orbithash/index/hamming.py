@@ -367,3 +367,5 @@ def warm_up() -> None:
     index.search(codes, 1, max_distance=3, label=1)  # a batch: the general path
     index.search(codes[:1], 1, max_distance=3, label=1)  # one query: the fused scan-and-rank path
     index.search(codes[:1], 1)  # one plain query: the single compiled call of ``_search_plain``
+    index.get("a")  # the id lookup of Get and of writes
+    index.remove(["a"])  # a delete

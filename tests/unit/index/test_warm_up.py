@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from orbithash.index import HammingIndex, warm_up
-from orbithash.index import hamming, scan
+from orbithash.index import HammingIndex, hamming, ids, scan, warm_up
 
 
 def test_after_warm_up_no_search_shape_compiles_anything_new() -> None:
     warm_up()
-    kernels = [hamming._search_one, hamming._scan_ranked, scan._scan_many]
+    kernels = [hamming._search_one, hamming._scan_ranked, scan._scan_many, ids._lookup, ids._remove_many]
     before = [len(k.signatures) for k in kernels]
     assert all(before), "warm_up left a kernel uncompiled"
     rng = np.random.default_rng(0)
@@ -22,4 +21,6 @@ def test_after_warm_up_no_search_shape_compiles_anything_new() -> None:
         index.search_ranked(np.frombuffer(codes[1].tobytes(), np.uint8).reshape(1, -1), 10)
         index.search(codes[:1], 10, max_distance=bits // 2, label=2)  # filtered single query
         index.search(codes[:7], 10)  # a batch
+        assert index.get("id-3") is not None
+        assert index.remove(["id-4", "missing"]) == ["id-4"]
     assert [len(k.signatures) for k in kernels] == before
