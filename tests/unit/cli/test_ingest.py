@@ -206,7 +206,12 @@ def test_exif_time_and_geotiff_place_merge_under_the_sidecar(tmp_path: Path, cli
     assert any("utm.tif" in n and "projected EPSG:32633" in n for n in summary["notes"])
 
 
-def test_ctrl_c_stops_after_the_batches_in_flight(tmp_path: Path, client: FakeClient, run, capsys) -> None:
+def test_ctrl_c_stops_after_the_batches_in_flight(tmp_path: Path, client: FakeClient, run, capsys,
+                                                  request: pytest.FixtureRequest) -> None:
+    # A test run started in the background (nohup, `cmd &`) inherits SIGINT ignored; an operator's
+    # Ctrl-C reaches the CLI with Python's handler, which is what this test is about.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     root = tmp_path / "scenes"
     names = _tree(root, 8)
     original = FakeClient.ingest.__get__(client)
