@@ -186,17 +186,21 @@ def scan_into(codes, words, q, live, labels, label, use_label, k, threshold, sta
     hist = np.zeros(top + 3, np.int64)  # by distance, then k and a count (see _lower)
     hist[-2] = k
     thr = np.int32(min(threshold, top))
-    n = 0
-    i = start
+    # Plain int64 and bool, never numba literals (a caller's constant 0 or False): each distinct
+    # literal would compile the four large loops below once more (minutes on a cold cache).
+    n = np.int64(0)
+    i = np.int64(start)
+    lab = np.int64(label)
+    use = np.bool_(use_label)
     while True:
         if words == 1:
-            i, n, thr = _fill1(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+            i, n, thr = _fill1(codes, q, live, labels, lab, use, thr, i, stop, cand_slots, cand_dist, hist, n)
         elif words == 2:
-            i, n, thr = _fill2(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+            i, n, thr = _fill2(codes, q, live, labels, lab, use, thr, i, stop, cand_slots, cand_dist, hist, n)
         elif words == 3:
-            i, n, thr = _fill3(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+            i, n, thr = _fill3(codes, q, live, labels, lab, use, thr, i, stop, cand_slots, cand_dist, hist, n)
         else:
-            i, n, thr = _fill4(codes, q, live, labels, label, use_label, thr, i, stop, cand_slots, cand_dist, hist, n)
+            i, n, thr = _fill4(codes, q, live, labels, lab, use, thr, i, stop, cand_slots, cand_dist, hist, n)
         kept = 0  # drop what was kept before the threshold fell below it
         for j in range(n):
             if cand_dist[j] <= thr:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from orbithash.index import HammingIndex, hamming, ids, scan, warm_up
@@ -24,3 +26,23 @@ def test_after_warm_up_no_search_shape_compiles_anything_new() -> None:
         assert index.get("id-3") is not None
         assert index.remove(["id-4", "missing"]) == ["id-4"]
     assert [len(k.signatures) for k in kernels] == before
+
+
+def test_a_cold_start_compiles_each_word_count_loop_once(tmp_path) -> None:
+    """A caller's constant (start 0, no label) reaching the loops as a numba literal compiled all four
+    of them again per distinct constant: 24 compilations and minutes before a fresh shard served.
+    numba's on-disk index of each loop lists the signatures it was compiled for."""
+    import pickle
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "from orbithash.index import warm_up; warm_up()"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for loop in ("_fill1", "_fill2", "_fill3", "_fill4"):
+        (index_file,) = tmp_path.rglob(f"scan.{loop}-*.nbi")
+        with index_file.open("rb") as fh:
+            pickle.load(fh)  # numba's version
+            _stamp, overloads = pickle.loads(fh.read())
+        assert len(overloads) == 1, (loop, [signature for signature, *_ in overloads])
