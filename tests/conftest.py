@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from support import SHARED_DATA
 
 from orbithash_local.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from orbithash.data import Split
+    from orbithash.training.result import TrainResult
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +50,32 @@ def ucm_subset():
     return load_split(zip_path, limit_per_class=10)
 
 
+@dataclass(frozen=True)
+class ShortTraining:
+    split: Split
+    result: TrainResult
+    cache: Path  # the features cached by the training (pooled ones are added by tests that fit heads)
+
+
 @pytest.fixture(scope="session")
-def trained_repo(tmp_path_factory: pytest.TempPathFactory, ucm_subset) -> Path:
-    """A model repository with a small real model trained here (32 bits, few epochs)."""
-    from orbithash.training.finetune import train_and_export
+def short_training(tmp_path_factory: pytest.TempPathFactory) -> ShortTraining:
+    """One short real training (32 bits, 20 UC Merced images per class: 16 database + 4 queries),
+    shared by every test that needs a trained model: it is the suite's costliest setup."""
+    from orbithash.data import load_split
+    from orbithash.training.finetune import train
+
+    split = load_split(SHARED_DATA / "ucmerced.zip", limit_per_class=20)
+    cache = tmp_path_factory.mktemp("features")
+    return ShortTraining(split, train(split, bits=32, cache_dir=cache, progress=False), cache)
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory: pytest.TempPathFactory, short_training: ShortTraining) -> Path:
+    """A model repository serving ``short_training``'s model under the default name."""
+    from orbithash.training.result import export_trained
 
     repo = tmp_path_factory.mktemp("model_repository")
-    train_and_export(ucm_subset, bits=32, repo_dir=repo, progress=False)
+    export_trained(short_training.result, repo)
     return repo
 
 

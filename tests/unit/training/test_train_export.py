@@ -13,7 +13,7 @@ from support import REPO, SHARED_DATA
 from torch import nn
 
 from orbithash.bits import pack_signs
-from orbithash.data import Split, load_split
+from orbithash.data import Split
 from orbithash.evaluation.baselines import fit_lsh
 from orbithash.evaluation.metrics import mean_average_precision
 from orbithash.export.onnx_export import export_model, pbtxt_string
@@ -23,7 +23,7 @@ from orbithash.model_facts import ModelFacts, ModelFactsError
 from orbithash.models import HashNet
 from orbithash.training.config import HeadConfig
 from orbithash.training.features import backbone_facts, cached_features
-from orbithash.training.finetune import train, train_and_export
+from orbithash.training.finetune import train_and_export
 from orbithash.training.result import TrainResult
 
 UCMERCED = SHARED_DATA / "ucmerced.zip"
@@ -48,12 +48,13 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    split = load_split(UCMERCED, limit_per_class=20)  # 16 database + 4 query images per class
-    cache, repo = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("repo")
-    result = train(split, bits=BITS, cache_dir=cache, progress=False)
-    path = export_model(result.model, result.facts, repo, "tiny")
-    return Trained(split, result, path, repo, cache)
+def trained(tmp_path_factory: pytest.TempPathFactory, short_training) -> Trained:
+    """The suite's shared short training (tests/conftest.py: 32 bits, 16 database + 4 query images
+    per class), exported here under another name."""
+    assert short_training.result.facts.bits == BITS
+    repo = tmp_path_factory.mktemp("repo")
+    path = export_model(short_training.result.model, short_training.result.facts, repo, "tiny")
+    return Trained(short_training.split, short_training.result, path, repo, short_training.cache)
 
 
 def test_onnx_outputs_match_the_torch_model(trained: Trained) -> None:
