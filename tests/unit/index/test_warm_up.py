@@ -37,8 +37,12 @@ def test_a_cold_start_compiles_each_word_count_loop_once(tmp_path) -> None:
     import sys
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", "from orbithash.index import warm_up; warm_up()"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    # Two callers of the loops with different constants: a filtered and a plain single query.
+    code = ("import numpy as np; from orbithash.index import HammingIndex;"
+            "index = HammingIndex(64, capacity=4, threads=1); codes = np.arange(16, dtype=np.uint8).reshape(2, 8);"
+            "index.put(np.array([0, 1]), ['a', 'b'], codes, np.array([0, 1], np.int32));"
+            "index.search(codes[:1], 1, max_distance=3, label=1); index.search(codes[:1], 1)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     for loop in ("_fill1", "_fill2", "_fill3", "_fill4"):
         (index_file,) = tmp_path.rglob(f"scan.{loop}-*.nbi")
