@@ -214,9 +214,12 @@ def retrieval_map(path: Path, data: EvalSet, batch: int = 32) -> float:
 
 
 def inference_rates(paths: Mapping[str, Path], pixels: np.ndarray, batches: Sequence[int] = SPEED_BATCHES,
-                    rounds: int = 3, seconds: float = 0.7, threads: int = 0) -> dict[str, dict[int, float]]:
+                    rounds: int = 3, seconds: float = 0.7, threads: int = 0,
+                    max_runs: int = 100) -> dict[str, dict[int, float]]:
     """img/s of ``session.run`` on decoded pixels per model and batch size: best of ``rounds``, the
-    models interleaved in each round so that load from other processes hits them alike."""
+    models interleaved in each round so that load from other processes hits them alike. A window
+    lasts ``seconds`` or ``max_runs`` runs, whichever ends first: a small model's 100 runs already
+    span many scheduler ticks, and timing it for the whole window only made its export slow."""
     sessions = {}
     for name, path in paths.items():
         options = ort.SessionOptions()
@@ -229,11 +232,11 @@ def inference_rates(paths: Mapping[str, Path], pixels: np.ndarray, batches: Sequ
             for b in batches:
                 feed = {INPUT_NAME: pixels[:b]}
                 session.run(None, feed)  # warm-up
-                done, start = 0, time.perf_counter()
-                while time.perf_counter() - start < seconds or done == 0:
+                runs, start = 0, time.perf_counter()
+                while (time.perf_counter() - start < seconds and runs < max_runs) or runs == 0:
                     session.run(None, feed)
-                    done += b
-                best[name][b] = max(best[name][b], done / (time.perf_counter() - start))
+                    runs += 1
+                best[name][b] = max(best[name][b], runs * b / (time.perf_counter() - start))
     return best
 
 

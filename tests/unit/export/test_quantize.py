@@ -100,3 +100,22 @@ def test_fp32_stays_served_when_the_variant_loses_more_than_the_tolerance(
     assert record["served"] == FP32 and not record["variants"]["int8-qdq"]["within_tolerance"]
     assert model_path(repo).read_bytes() == original == fp32_model_path(repo).read_bytes()
     assert load_facts_from_onnx(model_path(repo)).version == record["fp32_version"]
+
+
+def test_a_speed_window_ends_after_max_runs_of_a_fast_model(tmp_path: Path) -> None:
+    """A tiny model's window stops at ``max_runs`` instead of lasting ``seconds`` (a minute here)."""
+    import time
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["images"], ["out"], to=TensorProto.FLOAT)], "tiny",
+                              [helper.make_tensor_value_info("images", TensorProto.UINT8, ["n", 3, 2, 2])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3, 2, 2])])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    pixels = np.zeros((8, 3, 2, 2), np.uint8)
+    started = time.perf_counter()
+    rates = quantize.inference_rates({"tiny": path}, pixels, batches=(1, 8), rounds=2, seconds=60.0, max_runs=20)
+    assert time.perf_counter() - started < 30
+    assert set(rates["tiny"]) == {1, 8} and all(rate > 0 for rate in rates["tiny"].values())
