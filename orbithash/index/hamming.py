@@ -14,6 +14,7 @@ module keeps the slots and orders the few candidates by (distance, id), so ties 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from orbithash.bits import code_bytes
 from orbithash.codes import as_code_array, check_bits, check_k, check_labels
 from orbithash.index import planner
 from orbithash.index.ids import MAX_SLOTS, IdTable, encode_ids, rank
+from orbithash.index.kernel_cache import drop_stale, kernel_cache_dir, sources_digest
 from orbithash.index.mih import Tables
 from orbithash.index.planner import STRATEGIES, MihPlanner, Strategy
 from orbithash.index.pool import cpu_count
@@ -31,6 +33,8 @@ from orbithash.index.ranked import Ranked, Result, empty_ranked
 from orbithash.index.rwlock import ReadWriteLock
 from orbithash.index.scan import one_thread, scan_candidates, scan_into, scan_threads
 from orbithash.index.view import SlotView, TopK
+
+log = logging.getLogger("orbithash.index")
 
 # Above any shard's size (a larger k returns every item anyway), and small enough that the
 # candidate buffers sized from k stay within int range.
@@ -360,7 +364,11 @@ def warm_up() -> None:
     Word count, radius and label filter are runtime arguments of one signature, so a tiny batch,
     a tiny single query and a tiny plain query cover every shape a shard will use. A kernel left
     to compile at its first query would stall every search of a restarted shard meanwhile.
+    Cached kernels built from other sources of this package are dropped first (``kernel_cache``).
     """
+    cache_dir = kernel_cache_dir(_search_one)
+    if cache_dir is not None and drop_stale(cache_dir, sources_digest()):
+        log.info("dropped numba's cached index kernels in %s: built from other sources", cache_dir)
     index = HammingIndex(64, capacity=4, threads=1)
     codes = np.arange(16, dtype=np.uint8).reshape(2, 8)
     index.put(np.array([0, 1]), ["a", "b"], codes, np.array([0, 1], np.int32))
