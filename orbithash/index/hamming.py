@@ -31,7 +31,7 @@ from orbithash.index.planner import STRATEGIES, MihPlanner, Strategy
 from orbithash.index.pool import cpu_count
 from orbithash.index.ranked import Ranked, Result, empty_ranked
 from orbithash.index.rwlock import ReadWriteLock
-from orbithash.index.scan import one_thread, scan_candidates, scan_into, scan_threads
+from orbithash.index.scan import scan_candidates, scan_into, scan_threads
 from orbithash.index.view import SlotView, TopK
 
 log = logging.getLogger("orbithash.index")
@@ -216,7 +216,7 @@ class HammingIndex:
             if allowed is not None:
                 view, items = _restricted(view, allowed)
             probed = self._planner.probe(view, q, top, strategy, items, self._threads)
-            if probed is None and q.shape[0] == 1 and scan_threads(view, 1, self._threads) == 1:
+            if probed is None and q.shape[0] == 1 and scan_threads(view.end, view.words, 1, self._threads) == 1:
                 return [self._scan_one(view, q[0], top)]
             if probed is None:
                 candidates = scan_candidates(view, q, top, self._threads)
@@ -246,7 +246,7 @@ class HammingIndex:
             if end == 0:
                 return [empty_ranked()]
             # planner.MIH_MIN_ITEMS read at call time, as the planner reads it (tests lower it).
-            if len(self._ids) >= planner.MIH_MIN_ITEMS or not one_thread(end, self._words, self._threads):
+            if len(self._ids) >= planner.MIH_MIN_ITEMS or scan_threads(end, self._words, 1, self._threads) != 1:
                 return None  # the planner may probe, or the scan may split: the general path decides
             dist, labels, blob, ascii = _search_one(self._codes, arr, self._live, self._labels, end, k,
                                                     self._bits, *self._ids.columns)
@@ -269,7 +269,7 @@ class HammingIndex:
         Python, and the k ids joined by the same call.
         """
         dist, labels, blob, ascii = _scan_ranked(view.codes.reshape(-1), view.words, q, view.live, view.labels,
-                                                 *top.filter_args(), view.bits, *self._ids.columns)
+                                                 *top.filter_args(), *self._ids.columns)
         return Ranked(blob, ascii, dist, labels)
 
     def _rank(self, slots: np.ndarray, dist: np.ndarray, k: int) -> Ranked:
@@ -337,7 +337,7 @@ def _ranked_labels(labels, top):
 
 
 @njit(cache=True, nogil=True)
-def _scan_ranked(codes, words, q, live, labels, label, use_label, k, threshold, bits, buf, offsets, lengths):
+def _scan_ranked(codes, words, q, live, labels, label, use_label, k, threshold, buf, offsets, lengths):
     """The scan over every slot, then ``rank``: (distances, labels, joined ids, ASCII) of the top k."""
     slots, dist, n = scan_into(codes, words, q, live, labels, label, use_label, k, threshold, 0, live.shape[0])
     top, top_dist, blob, ascii = rank(buf, offsets, lengths, slots[:n], dist[:n], k)

@@ -221,33 +221,28 @@ def scan_into(codes, words, q, live, labels, label, use_label, k, threshold, sta
 
 
 @njit(cache=True, nogil=True)
-def scan_range(codes, words, q, live, labels, label, use_label, k, threshold, bits, start, stop):
+def scan_range(codes, words, q, live, labels, label, use_label, k, threshold, start, stop):
     """Every slot in [start, stop) whose distance is <= the k-th smallest there (and <= threshold)."""
     cand_slots, cand_dist, n = scan_into(codes, words, q, live, labels, label, use_label, k, threshold, start, stop)
     return cand_slots[:n].copy(), cand_dist[:n].copy()
 
 
 @njit(cache=True, nogil=True)
-def _scan_many(codes, words, queries, live, labels, label, use_label, k, threshold, bits, start, stop):
+def _scan_many(codes, words, queries, live, labels, label, use_label, k, threshold, start, stop):
     """scan_range for each query row; results concatenated with offsets (numba returns no ragged lists)."""
     parts_slots = []
     parts_dist = []
     for r in range(queries.shape[0]):
-        s, d = scan_range(codes, words, queries[r], live, labels, label, use_label, k, threshold, bits,
-                          start, stop)
+        s, d = scan_range(codes, words, queries[r], live, labels, label, use_label, k, threshold, start, stop)
         parts_slots.append(s)
         parts_dist.append(d)
     return concat(parts_slots, parts_dist)
 
 
-def one_thread(end: int, words: int, threads: int) -> bool:
-    """Whether one query over slots [0, end) of ``words`` words is scanned on one thread."""
-    return threads == 1 or end * words < _SPLIT_WORDS
-
-
-def scan_threads(view: SlotView, nq: int, threads: int) -> int:
-    """How many threads scanning ``nq`` queries over ``view`` should use: one below _SPLIT_WORDS."""
-    return 1 if nq * view.end * view.words < _SPLIT_WORDS else min(threads, nq) if nq > 1 else threads
+def scan_threads(end: int, words: int, nq: int, threads: int) -> int:
+    """How many threads scanning ``nq`` queries over slots [0, end) of ``words`` words should use:
+    one below _SPLIT_WORDS."""
+    return 1 if nq * end * words < _SPLIT_WORDS else min(threads, nq) if nq > 1 else threads
 
 
 def scan_candidates(view: SlotView, queries: np.ndarray, top: TopK, threads: int) -> list[Candidates]:
@@ -258,8 +253,8 @@ def scan_candidates(view: SlotView, queries: np.ndarray, top: TopK, threads: int
     """
     nq, end, words = queries.shape[0], view.end, view.words
     codes = view.codes.reshape(-1)
-    rest = (view.live, view.labels, *top.filter_args(), view.bits)
-    threads = scan_threads(view, nq, threads)
+    rest = (view.live, view.labels, *top.filter_args())
+    threads = scan_threads(end, words, nq, threads)
     if nq > 1:  # each thread takes a run of queries over all slots
         jobs = [(codes, words, queries[nq * t // threads:nq * (t + 1) // threads], *rest, 0, end)
                 for t in range(threads)]

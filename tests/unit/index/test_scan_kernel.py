@@ -75,7 +75,7 @@ def test_scan_range_equals_brute_force(bits: int, n: int, alphabet: int | None) 
                 for label, use_label in ((0, False), (1, True), (7, True)):
                     for start, stop in ranges:
                         got = by_slot(*scan.scan_range(flat, words, q, live, labels, label, use_label, k, threshold,
-                                                       bits, start, stop))
+                                                       start, stop))
                         want = reference(codes, q, live, labels, label, use_label, k, threshold, start, stop)
                         assert got[0].dtype == np.int64 and got[1].dtype == np.int32
                         np.testing.assert_array_equal(got[0], want[0], err_msg=f"{k=} {threshold=} {label=} {start=}")
@@ -95,8 +95,7 @@ def test_huge_tie_groups_grow_the_buffer(bits: int) -> None:
     labels = np.zeros(n, np.int32)
     q = codes[0]
     for k in (1, 50, 3000):
-        got = by_slot(*scan.scan_range(codes.reshape(-1), codes.shape[1], q, live, labels, 0, False, k, bits, bits,
-                                       0, n))
+        got = by_slot(*scan.scan_range(codes.reshape(-1), codes.shape[1], q, live, labels, 0, False, k, bits, 0, n))
         want = reference(codes, q, live, labels, 0, False, k, bits, 0, n)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
@@ -112,7 +111,7 @@ def test_scan_many_matches_scan_range_per_query(bits: int) -> None:
     live = (rng.random(n) > 0.1).astype(np.uint8)
     labels = rng.integers(0, 2, n).astype(np.int32)
     queries = words_of(make_codes(rng, 4, bits, None), bits)
-    offsets, slots, dist = scan._scan_many(flat, words, queries, live, labels, 1, True, 20, bits, bits, 10, n - 10)
+    offsets, slots, dist = scan._scan_many(flat, words, queries, live, labels, 1, True, 20, bits, 10, n - 10)
     for r, q in enumerate(queries):
         got = by_slot(slots[offsets[r]:offsets[r + 1]], dist[offsets[r]:offsets[r + 1]])
         want = reference(codes, q, live, labels, 1, True, 20, bits, 10, n - 10)
