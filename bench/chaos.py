@@ -476,6 +476,11 @@ def run(repo: Path, work_dir: Path, faults: list[Fault], gap_s: float, hold_s: f
         threads: int) -> dict[str, object]:
     split = load_split(None)
     images = [r.data for r in split.database[::max(1, len(split.database) // 60)]][:60]
+    # Without tokens the gateway tells callers apart by address, so the load's threads and the
+    # recovery probe are one client to it, with up to threads + 1 ingest streams open, and a stream
+    # given up at its deadline holds its slot until the gateway notices. The default limit (4) then
+    # refuses a good stream as load shedding, which is the limit working, not a fault's effect.
+    os.environ["ORBITHASH_GATEWAY_MAX_STREAMS_PER_CLIENT"] = str(2 * (threads + 1))
     config = ClusterConfig(model_repository=repo, work_dir=work_dir, shards=2, supervise=True)
     with Cluster(config) as cluster:
         assert cluster.gateway is not None
