@@ -5,10 +5,20 @@
 Starts a real redis-server and ``python -m index_service`` on loopback, fills the shard with
 uniform random 64-bit codes through ``Add``, then for each concurrency c runs c client threads,
 each sending single-query ``Search`` calls (k = 100) back to back for a fixed time, and counts the
-answers. Every answer is checked to hold k hits. ``--checkout DIR`` runs the shard process from
-another checkout of this repository (e.g. a ``git worktree`` of an older commit) while the client
-stays this one, so a before/after comparison uses the same load generator. Prints a table and a
-final JSON line (``qps_c1``, ``qps_c2``, ``qps_c4``, ``speedup_c4``, per size).
+answers. Every answer is checked to hold k hits. The requests ask for packed hits, as the gateway
+does (``--unpacked``: one ``Hit`` message per hit, as a client of the shard's public form would).
+
+It also reads the user + system CPU time of the shard process and of this process (the load
+generator) around each level, and prints the CPU both spend per call and the **ceiling** that
+puts on the speedup: a machine of C cores serves at most C ÷ (CPU per call) calls/s, so
+``ceiling_c4 = cores / (cpu_ms_per_call at c=4 / 1000) / qps_c1``. A speedup below 1.8 with a
+ceiling below 1.8 says the machine is out of cores, not that the shard serialises.
+
+``--checkout DIR`` runs the shard process from another checkout of this repository (e.g. a
+``git worktree`` of an older commit) while the client stays this one, so a before/after
+comparison uses the same load generator. Prints a table and a
+final JSON line (``qps_c1``, ``qps_c2``, ``qps_c4``, ``speedup_c4``, ``cpu_ms_per_call_c<N>``
+(shard, client), ``ceiling_c4``, per size).
 """
 
 from __future__ import annotations
@@ -41,6 +51,17 @@ def fill(stub: rpc.IndexShardStub, n: int, rng: np.random.Generator) -> None:
         stub.Add(pb.AddRequest(items=items, bits=BITS, model_version=VERSION), timeout=60)
 
 
+def hit_count(reply: pb.ShardSearchResponse) -> int:
+    """Hits of the first query, in either reply form."""
+    return len(reply.packed[0].distances) // 4 if reply.packed else len(reply.results[0].hits)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(address: str, concurrency: int, seconds: float, queries: list[pb.ShardSearchRequest]) -> float:
     """Answers per second with ``concurrency`` threads, each on its own channel, for ``seconds``."""
     counts = [0] * concurrency
@@ -55,7 +76,7 @@ def run_load(address: str, concurrency: int, seconds: float, queries: list[pb.Sh
             i = w
             while time.perf_counter() < stop_at[0]:
                 reply = stub.Search(queries[i % len(queries)], timeout=30)
-                assert len(reply.results[0].hits) == K
+                assert hit_count(reply) == K
                 counts[w] += 1
                 i += concurrency
 
@@ -70,7 +91,16 @@ def run_load(address: str, concurrency: int, seconds: float, queries: list[pb.Sh
     return sum(counts) / (time.perf_counter() - t0)
 
 
-def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
+def run_measured(address: str, pid: int, concurrency: int, seconds: float,
+                 queries: list[pb.ShardSearchRequest]) -> tuple[float, float, float]:
+    """(answers/s, shard CPU ms per call, load generator CPU ms per call) of one ``run_load``."""
+    shard0, client0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
+    qps = run_load(address, concurrency, seconds, queries)
+    calls = qps * (time.perf_counter() - t0)
+    return qps, (cpu_seconds(pid) - shard0) * 1e3 / calls, (cpu_seconds(os.getpid()) - client0) * 1e3 / calls
+
+
+def measure(n: int, seconds: float, checkout: Path, out: dict, packed: bool = True) -> None:
     rng = np.random.default_rng(n)
     with tempfile.TemporaryDirectory(prefix="orbithash-conc-") as tmp:
         redis_server = RedisServer(Path(tmp) / "redis", appendfsync="always")
@@ -83,23 +113,31 @@ def measure(n: int, seconds: float, checkout: Path, out: dict) -> None:
             address = shard.address
             with grpc.insecure_channel(address) as channel:
                 fill(rpc.IndexShardStub(channel), n, rng)
-            queries = [pb.ShardSearchRequest(codes=[q.tobytes()], k=K, bits=BITS, model_version=VERSION)
+            queries = [pb.ShardSearchRequest(codes=[q.tobytes()], k=K, bits=BITS, model_version=VERSION, packed=packed)
                        for q in rng.integers(0, 256, (256, BITS // 8), dtype=np.uint8)]
             # Warm-up; a shard of >= MIH_MIN_ITEMS builds its multi-index tables in the background
             # after its first searches: let that finish so it does not load the first level only.
             run_load(address, 2, 1.0, queries)
             time.sleep(3.0 if n >= 250_000 else 0.0)
             run_load(address, 2, 1.0, queries)
-            qps = {c: run_load(address, c, seconds, queries) for c in (1, 2, 4)}
+            measured = {c: run_measured(address, shard.process.pid, c, seconds, queries) for c in (1, 2, 4)}
         finally:
             if shard is not None:
                 shard.process.stop()
             redis_server.stop()
     label = f"{n // 1000}k"
-    for c, value in qps.items():
+    qps1 = measured[1][0]
+    for c, (value, shard_ms, client_ms) in measured.items():
         out[f"qps_c{c}_{label}"] = round(value, 1)
-        print(f"  {label:>6} codes, concurrency {c}: {value:8.1f} queries/s  ({value / qps[1]:.2f}x of c=1)")
-    out[f"speedup_c4_{label}"] = round(qps[4] / qps[1], 2)
+        out[f"cpu_ms_per_call_c{c}_{label}"] = {"shard": round(shard_ms, 3), "client": round(client_ms, 3)}
+        print(f"  {label:>6} codes, concurrency {c}: {value:8.1f} queries/s  ({value / qps1:.2f}x of c=1); "
+              f"CPU per call: shard {shard_ms:.3f} ms, load generator {client_ms:.3f} ms")
+    cores = len(os.sched_getaffinity(0))
+    ceiling = cores / (sum(measured[4][1:]) / 1e3) / qps1
+    out[f"speedup_c4_{label}"] = round(measured[4][0] / qps1, 2)
+    out[f"ceiling_c4_{label}"] = round(ceiling, 2)
+    print(f"  {label:>6} codes: speedup at concurrency 4 {measured[4][0] / qps1:.2f}x; ceiling on {cores} cores "
+          f"at that CPU per call {ceiling:.2f}x")
 
 
 def main() -> None:
@@ -108,13 +146,14 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, default=REPO, help="repository the shard process runs from")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per concurrency level")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="shard sizes (codes)")
+    parser.add_argument("--unpacked", action="store_true", help="ask for one Hit message per hit, not packed hits")
     args = parser.parse_args()
     sizes = args.sizes or ([100_000] if args.quick else [100_000, 1_000_000])
     seconds = args.seconds or (3.0 if args.quick else 8.0)
-    out: dict = {"checkout": str(args.checkout.resolve()), "cpus": os.cpu_count()}
+    out: dict = {"checkout": str(args.checkout.resolve()), "cpus": os.cpu_count(), "packed": not args.unpacked}
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; shard from {args.checkout}")
     for n in sizes:
-        measure(n, seconds, args.checkout.resolve(), out)
+        measure(n, seconds, args.checkout.resolve(), out, packed=not args.unpacked)
     out["load_avg"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
 
