@@ -32,7 +32,9 @@ from orbithash.models import HashNet
 
 OPSET = 17
 MAX_BATCH_SIZE = 64
-QUEUE_DELAY_US = 2000
+# No wait on CPU: one model instance is busy under load, so requests queue and leave together
+# anyway; a wait only held a lone request back (docs/triton.md, "Dynamic batching").
+QUEUE_DELAY_US = 0
 # Triton's python backend runs model.onnx through this file (the pip tritonserver has no ORT backend).
 TRITON_PYTHON_MODEL = Path(__file__).parent / "triton" / "model.py"
 

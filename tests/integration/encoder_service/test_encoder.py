@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -69,6 +70,31 @@ def test_more_images_than_one_backend_batch_keep_their_order(encoder: rpc.Encode
     together = encoder.Encode(pb.EncodeRequest(images=images), timeout=60).encodings
     alone = [encoder.Encode(pb.EncodeRequest(images=[i]), timeout=60).encodings[0] for i in images]
     assert [e.code for e in together] == [e.code for e in alone]
+
+
+def model_counts(triton: TritonServer) -> tuple[int, int]:
+    """(images inferred, model executions) so far, from Triton's statistics extension."""
+    client = triton.client()
+    try:
+        stats = client.get_inference_statistics(triton.model_name, as_json=True)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_single_image_requests_share_model_executions(encoder: rpc.EncoderStub, triton: TritonServer,
+                                                                 ucm_subset: Split) -> None:
+    """Triton's dynamic batcher works through the encoder: while one execution runs, the requests
+    that arrive wait for the next and leave together in one batch (the shipped config)."""
+    images = [r.data for r in ucm_subset.database[:16]]
+    alone = [encoder.Encode(pb.EncodeRequest(images=[i]), timeout=60).encodings[0].code for i in images]
+    inferred0, executions0 = model_counts(triton)
+    with ThreadPoolExecutor(len(images)) as pool:
+        replies = list(pool.map(lambda i: encoder.Encode(pb.EncodeRequest(images=[i]), timeout=60), images))
+    inferred, executions = model_counts(triton)
+    assert [r.encodings[0].code for r in replies] == alone  # each caller gets its own image's code
+    assert inferred - inferred0 == len(images)
+    assert executions - executions0 < len(images), "every request ran as a batch of one"
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def test_triton_config_parses_and_carries_the_facts(trained: Trained) -> None:
     assert [(o.name, list(o.dims)) for o in config.output] == [("u", [BITS]), ("logits", [21])]
     assert [t.data_type for t in config.input] == [model_config.TYPE_UINT8]
     assert all(t.data_type == model_config.TYPE_FP32 for t in config.output)
-    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.instance_group[0].kind == model_config.ModelInstanceGroup.KIND_CPU
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert ModelFacts.from_params(params) == trained.facts
