@@ -13,6 +13,11 @@ and the layers together, innermost first:
   shard             ``IndexShard.Search`` of one shard, k = 10, packed
   gateway_code      ``Gateway.Search`` by code (two shards, merge), k = 10
   gateway_image     ``Gateway.Search`` by image, k = 10: the whole path
+  gateway_health    the gateway's gRPC health check: an empty call through its server
+
+Then ``shard`` and ``gateway_health`` again with ``--idle-ms`` (2) of sleep before each call, not
+timed (rows ``shard_idle``, ``gateway_health_idle``): at concurrency 1 every process on the path
+is idle when its request comes, and the difference is what waking it costs on this machine.
 
 Each row's p50 minus the rows it contains is what that hop adds (printed as "adds"). Prints a
 table and a final JSON line (``<layer>_p50_ms``, ``<layer>_p99_ms``).
@@ -33,6 +38,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as tg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,10 +55,13 @@ from orbithash_local.cluster import Cluster, ClusterConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def timed(fn: Callable[[int], object], n: int) -> list[float]:
+def timed(fn: Callable[[int], object], n: int, idle_s: float = 0.0) -> list[float]:
+    """ms per call of ``fn(i)``, after one untimed warm-up call; ``idle_s`` of sleep before each."""
     fn(0)  # warm
     out = []
     for i in range(n):
+        if idle_s:
+            time.sleep(idle_s)
         t = time.perf_counter()
         fn(i)
         out.append((time.perf_counter() - t) * 1e3)
@@ -62,6 +71,7 @@ def timed(fn: Callable[[int], object], n: int) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--idle-ms", type=float, default=2.0, help="sleep before each call of the *_idle rows")
     parser.add_argument("--model-repository", type=Path, default=REPO / "model_repository")
     args = parser.parse_args(argv)
     split = load_split(None)
@@ -84,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     grpc.insecure_channel(cluster.shards[0].address) as sh, \
                     grpc.insecure_channel(cluster.gateway.address) as gw:
                 encoder, shard, gateway = rpc.EncoderStub(enc), rpc.IndexShardStub(sh), rpc.GatewayStub(gw)
+                health = health_pb2_grpc.HealthStub(gw)
 
                 def infer(i: int) -> None:
                     inp = tg.InferInput(INPUT_NAME, list(tensors[i].shape), "UINT8")
@@ -99,17 +110,22 @@ def main(argv: list[str] | None = None) -> int:
                         codes=[codes[i]], k=10, bits=facts.bits, model_version=facts.version, packed=True), timeout=30),
                     "gateway_code": lambda i: gateway.Search(pb.SearchRequest(code=codes[i], k=10), timeout=30),
                     "gateway_image": lambda i: gateway.Search(pb.SearchRequest(image=images[i], k=10), timeout=30),
+                    "gateway_health": lambda i: health.Check(health_pb2.HealthCheckRequest(), timeout=30),
                 }
                 for _ in range(2):  # twice, alternating, so a drift in load hits every layer
                     for name, fn in layers.items():
                         times.setdefault(name, []).extend(timed(fn, n))
+                    for name in ("shard", "gateway_health"):
+                        times.setdefault(f"{name}_idle", []).extend(timed(layers[name], n, args.idle_ms / 1e3))
             triton.close()
     p50 = {name: statistics.median(ts) for name, ts in times.items()}
     p99 = {name: float(np.percentile(ts, 99)) for name, ts in times.items()}
     adds = {"decode": p50["decode"], "onnxruntime": p50["onnxruntime"],
             "triton": p50["triton"] - p50["onnxruntime"], "encoder": p50["encoder"] - p50["triton"] - p50["decode"],
             "shard": p50["shard"], "gateway_code": p50["gateway_code"] - p50["shard"],
-            "gateway_image": p50["gateway_image"] - p50["gateway_code"] - p50["encoder"]}
+            "gateway_image": p50["gateway_image"] - p50["gateway_code"] - p50["encoder"],
+            "gateway_health": p50["gateway_health"], "shard_idle": p50["shard_idle"] - p50["shard"],
+            "gateway_health_idle": p50["gateway_health_idle"] - p50["gateway_health"]}
     print(f"{n} query images x 2, concurrency 1, model {facts.version}")
     print("| layer | p50 ms | p99 ms | adds (p50) ms |\n|---|---|---|---|")
     for name in times:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from cpu_per_query import cpu_seconds
 
 import index_service
 from orbithash_api.v1 import orbithash_pb2 as pb
@@ -54,12 +55,6 @@ def fill(stub: rpc.IndexShardStub, n: int, rng: np.random.Generator) -> None:
 def hit_count(reply: pb.ShardSearchResponse) -> int:
     """Hits of the first query, in either reply form."""
     return len(reply.packed[0].distances) // 4 if reply.packed else len(reply.results[0].hits)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_load(address: str, concurrency: int, seconds: float, queries: list[pb.ShardSearchRequest]) -> float:
