@@ -163,7 +163,8 @@ class Shard:
             thumbnails: Sequence[bytes] | None = None) -> tuple[int, int]:
         """Store items, each with its metadata and thumbnail (None: none for any; they replace what a
         replaced item had); ``remaining``: seconds left of the caller's deadline (None: no deadline).
-        Either every item is stored and acknowledged, or none is."""
+        Either every item is stored and acknowledged, or none is. Of an id given more than once the
+        last item is stored, as in :meth:`update_metadata`; (stored, replaced) count each id once."""
         self._check_model(bits, model_version)
         self._check_batch(len(codes), "codes")
         packed = as_code_array(codes, self.bits, "codes", n=len(ids))
@@ -174,6 +175,10 @@ class Shard:
         if thumbnails is not None:
             self._check_count(ids, thumbnails, "thumbnails")
             thumbs = [check_thumbnail(t, _where(j, i)) for j, (i, t) in enumerate(zip(ids, thumbnails, strict=True))]
+        last = list({item_id: j for j, item_id in enumerate(ids)}.values())  # each id's last position
+        if len(last) < len(ids):
+            ids, packed, lab, metas = [ids[j] for j in last], packed[last], lab[last], [metas[j] for j in last]
+            thumbs = None if thumbs is None else [thumbs[j] for j in last]
         blobs = [encode_metadata(m) for m in metas]
         limit = not_after(remaining)  # fixed now: time spent waiting for the lock counts too
         with self._write_lock:

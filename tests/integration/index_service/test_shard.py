@@ -113,3 +113,25 @@ def test_a_write_that_timed_out_in_a_stopped_redis_is_never_applied(tmp_path: Pa
         assert not check.hexists(id_bucket_key("orbithash", 0, "late"), "late")
     finally:
         server.stop()
+
+
+def test_an_add_holding_an_id_twice_stores_the_last_and_says_so(tmp_path: Path) -> None:
+    """The fuzzer (bench/fuzz.py) found an Add of [x, y, y] acknowledged as 3 stored items when 2
+    were. Of a repeated id the last item wins, as in UpdateMetadata, and the reply counts each id
+    once, in the mirror and in Redis (seen again after a restart)."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        shard = make_shard(server)
+        rng = np.random.default_rng(2)
+        first, second, third, fourth = codes(rng, 4)
+        shard.add(["kept"], [first], [0], BITS, VERSION)
+        assert shard.add(["new", "twice", "kept", "twice", "kept"], [first, second, third, third, fourth],
+                         [0, 1, 2, 3, 4], BITS, VERSION) == (3, 1)
+        for current in (shard, make_shard(server)):
+            assert len(current) == 3
+            found, missing = current.get(["twice", "kept", "new"])
+            assert missing == [] and [(i.id, i.code, i.label) for i in found] == [
+                ("twice", third, 3), ("kept", fourth, 4), ("new", first, 0)]
+            assert [h.id for h in current.search([second], 5, None, None, BITS, VERSION)[0]].count("twice") == 1
+    finally:
+        server.stop()

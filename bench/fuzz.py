@@ -1,0 +1,601 @@
+"""Hostile input on every RPC: each answer's status and message, and what it stored.
+
+    .venv/bin/python bench/fuzz.py [--calls 200] [--seed 0]       # starts the local cluster
+    .venv/bin/python bench/fuzz.py --quick                         # 25 calls per method (≈ 1 min)
+    .venv/bin/python bench/fuzz.py --target HOST:PORT [--shard HOST:PORT ...] [--encoder HOST:PORT]
+
+For every method of the Gateway (and of the Encoder and each IndexShard: the local cluster's, or
+those given) it sends ``--calls`` requests built from the proto's own descriptors. Each field is
+set or not at random, with values chosen to break things (empty, huge, NaN and ±inf, negative and
+out-of-range numbers, unknown enum values, timestamps outside 0001..9999, NUL, control and
+right-to-left text, lists far over the limits, truncated, corrupted and oversized images, codes of
+the wrong length) mixed with valid ones (real images in each format, codes of the served length,
+stored ids, the served model version), so that calls get past the first check. ``--raw`` more per
+method send a valid message's bytes mutated at random (invalid UTF-8, broken lengths: what the
+proto cannot build). Nothing runs concurrently: each answer is checked against the state before it.
+
+Checks, each a violation when it fails:
+  status   one a caller can act on: OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
+           RESOURCE_EXHAUSTED or OUT_OF_RANGE. UNKNOWN and INTERNAL are unhandled errors,
+           UNAVAILABLE and DEADLINE_EXCEEDED a crash or a hang, UNIMPLEMENTED a missing method
+  message  every refusal says why: a message of 1..2000 characters and no Python traceback
+  stored   the item count after a write differs from before by exactly what the reply says
+           (ingested − replaced, added − replaced, −deleted); a refused write changes nothing
+  hits     at most k per query, one result per query, ascending by distance (by score when
+           re-ranked), within max_distance and of the label asked for
+  alive    after each method every process answers: gateway Info with every shard healthy,
+           each service's health check SERVING
+Every id it can have written starts with ``--id-prefix``, or is recorded from the request the
+service accepted, and is deleted where it was written at the end, so the cluster keeps the items
+it had (the count is checked). Prints violations with examples, a table of statuses by method and
+a final JSON line (``violations``, ``calls``, ``by_method``, ``examples``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import random
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor as d
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
+
+from gateway.servicer import INGEST_SUMMARY_KEY
+from orbithash.data import load_split
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_local.cluster import Cluster, ClusterConfig
+
+REPO = Path(__file__).resolve().parents[1]
+ACCEPTABLE = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"}
+DEADLINE_S = 60.0
+MAX_MESSAGE_CHARS = 2000
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 256 * 2**20), ("grpc.max_receive_message_length", 256 * 2**20)]
+WRITES = {("Gateway", "Ingest"), ("Gateway", "Delete"), ("Gateway", "UpdateMetadata"),
+          ("IndexShard", "Add"), ("IndexShard", "Delete"), ("IndexShard", "UpdateMetadata")}
+
+# Text that breaks naive handling: control characters, NUL, right-to-left marks, combining marks,
+# astral characters, path and format syntax, whitespace only, and long runs.
+NASTY_TEXT = ["", " ", "\x00", "a\x00b", "\t\n\r", "\u202eevil", "e\u0301", "\U0001f6f0", "../../etc/passwd",
+              "%s%n%x", "{0}", "'; DROP TABLE x; --", "*", "?", "[", "\\", "\ufeff", "\uffff", "a" * 257,
+              "é" * 200, "x" * 70_000]
+
+
+@dataclass
+class Context:
+    """What valid looks like on this cluster: what the generator mixes in so calls get past the first check."""
+
+    bits: int
+    version: str
+    classes: int
+    stored_ids: list[str]
+    images: list[bytes]         # valid: real images in each format and size the encoder reads
+    broken_images: list[bytes]  # truncated, corrupted, unsupported, bombs
+    prefix: str
+
+
+@dataclass
+class Tally:
+    calls: Counter[str] = field(default_factory=Counter)
+    by_method: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))  # refusals' messages
+    violations: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def violation(self, kind: str, example: str) -> None:
+        self.violations[kind] += 1
+        if len(self.examples[kind]) < 5:
+            self.examples[kind].append(example[:400])
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` × ``height`` RGB pixels, with one tiny IDAT (a bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def image_pool(real: list[bytes], rng: random.Random) -> tuple[list[bytes], list[bytes]]:
+    """Real images in each format and size the encoder reads, and broken or hostile ones."""
+    with Image.open(io.BytesIO(real[0])) as first:
+        rgb = first.convert("RGB")
+    valid = [*real[:3], _encode(rgb, "JPEG", quality=90), _encode(rgb, "PNG"), _encode(rgb, "JPEG", progressive=True),
+             _encode(rgb.convert("L"), "PNG"), _encode(rgb.convert("RGBA"), "PNG"), _encode(rgb.convert("P"), "PNG"),
+             _encode(Image.new("RGB", (1, 1)), "PNG"), _encode(Image.new("RGB", (3000, 7)), "JPEG"),
+             _encode(Image.fromarray(np.arange(256 * 256, dtype=np.uint16).reshape(256, 256)), "PNG"),
+             _encode(rgb, "TIFF")]
+    data = real[0]
+    broken = [b"", b"\x00", data[: len(data) // 2], data[:64], bytes(rng.randrange(256) for _ in range(2048)),
+              _png_claiming(100_000, 100_000), _png_claiming(7000, 7000), _png_claiming(0, 5),
+              b"GIF89a" + bytes(100), _encode(rgb, "BMP"), b"II*\x00" + bytes(64), b"\xff\xd8\xff" + bytes(200),
+              b"\xff\xd8" + b"\xff\xda" * 200]
+    flipped = bytearray(valid[3])
+    for _ in range(20):
+        flipped[rng.randrange(100, len(flipped))] ^= 0xFF
+    return valid, [*broken, bytes(flipped)]
+
+
+# -- messages from the descriptors ----------------------------------------------------------------
+
+class Generator:
+    """Random messages of a descriptor, valid values and hostile ones mixed (see the module's doc).
+
+    Most requests are plausible: each value valid for its field except about one in twelve, so a
+    call passes the first checks and a single bad value meets the code behind them. The others are
+    wild: most values hostile."""
+
+    PLAUSIBLE, WILD = 0.08, 0.6  # the chance that a value is hostile
+
+    def __init__(self, ctx: Context, rng: random.Random, writes: bool) -> None:
+        self.ctx = ctx
+        self.rng = rng
+        self.writes = writes  # ids go to a write: only the fuzzer's own (prefixed) or nonsense ones
+        self.ids_used: set[str] = set()
+        self.hostile_rate = self.PLAUSIBLE
+
+    def hostile(self) -> bool:
+        return self.rng.random() < self.hostile_rate
+
+    def message(self, desc: d.Descriptor, depth: int = 0) -> Message:
+        if depth == 0:
+            self.hostile_rate = self.PLAUSIBLE if self.rng.random() < 0.7 else self.WILD
+        msg = GetMessageClass(desc)()
+        chosen: dict[str, d.FieldDescriptor] = {}
+        wild = self.hostile_rate == self.WILD
+        for oneof in desc.oneofs:  # a real oneof, or a proto3 `optional` field's own ("_label")
+            if self.rng.random() < (0.4 if oneof.name.startswith("_") else 0.9 if wild else 1.0):
+                chosen[oneof.name] = self.rng.choice(oneof.fields)
+        for f in desc.fields:
+            oneof = f.containing_oneof
+            if oneof is not None and chosen.get(oneof.name) is not f:
+                continue
+            # Plausible requests leave out only what is optional by nature: flags and nested messages.
+            optional = f.type == d.FieldDescriptor.TYPE_BOOL or (f.message_type is not None and not f.is_repeated)
+            if oneof is None and self.rng.random() < (0.35 if wild else 0.4 if optional else 0.0):
+                continue  # unset
+            self._set(msg, f, depth)
+        return msg
+
+    def _set(self, msg: Message, f: d.FieldDescriptor, depth: int) -> None:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            key_f, value_f = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
+            target = getattr(msg, f.name)
+            for _ in range(self._count(heavy=False)):
+                target[self.scalar(key_f, "key")] = self.scalar(value_f, "value")
+            return
+        if f.is_repeated:
+            target = getattr(msg, f.name)
+            n = self._count(heavy=f.message_type is not None or f.type == d.FieldDescriptor.TYPE_BYTES)
+            if f.message_type is not None:
+                for _ in range(n if depth < 3 else 0):
+                    target.append(self.message(f.message_type, depth + 1))
+            elif f.name == "u" and not self.hostile():
+                target.extend(self.rng.gauss(0, 1) for _ in range(self.ctx.bits))
+            else:
+                target.extend(self.scalar(f, f.name) for _ in range(n))
+            return
+        if f.message_type is not None:
+            if depth < 3:
+                getattr(msg, f.name).CopyFrom(self.message(f.message_type, depth + 1))
+            return
+        setattr(msg, f.name, self.scalar(f, f.name))
+
+    def _count(self, heavy: bool) -> int:
+        """How many elements a list gets: a few, or when hostile far over the services' limits
+        (messages and byte strings up to 300, so a request stays far below the 256 MB send limit)."""
+        if not self.hostile():
+            return self.rng.randint(1, 4)
+        return self.rng.choice([0, 33, 300] if heavy else [0, 33, 300, 3000])
+
+    def scalar(self, f: d.FieldDescriptor, name: str) -> object:
+        t = f.type
+        if t == d.FieldDescriptor.TYPE_BOOL:
+            return self.rng.random() < 0.5
+        if t == d.FieldDescriptor.TYPE_STRING:
+            return self.text(name)
+        if t == d.FieldDescriptor.TYPE_BYTES:
+            return self.blob(name)
+        if not self.hostile():
+            return self.valid_number(f, name)
+        if t in (d.FieldDescriptor.TYPE_FLOAT, d.FieldDescriptor.TYPE_DOUBLE):
+            return self.rng.choice([0.0, -0.0, math.nan, math.inf, -math.inf, 1e308, -1e-308, 3.4e38, 90.0000001,
+                                    -90.5, 180.0000001, -181.0, self.rng.uniform(-1e6, 1e6)])
+        if t == d.FieldDescriptor.TYPE_ENUM:
+            return self.rng.choice([99, -5])
+        lo, hi = {d.FieldDescriptor.TYPE_INT32: (-2**31, 2**31 - 1), d.FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+                  d.FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1)}.get(t, (-2**63, 2**63 - 1))
+        edges = {"seconds": [-62_135_596_801, 253_402_300_800], "nanos": [1_000_000_000, -1],
+                 "label": [self.ctx.classes, -2], "k": [0, 10_001, 100_000], "max_distance": [self.ctx.bits + 1],
+                 "thumbnail_size": [1, 5000], "bits": [self.ctx.bits + 8, 8]}.get(name, [])
+        return self.rng.choice([v for v in (0, -1, lo, hi, hi // 2 + 1, *edges) if lo <= v <= hi])
+
+    def valid_number(self, f: d.FieldDescriptor, name: str) -> float | int:
+        """A value each field's own checks accept (within the pairings that hold across fields)."""
+        rng = self.rng
+        if f.type == d.FieldDescriptor.TYPE_ENUM:
+            return rng.choice([v.number for v in f.enum_type.values])
+        choices: dict[str, Callable[[], float | int]] = {
+            "lon": lambda: rng.uniform(-180, 180), "west": lambda: rng.uniform(-180, 0),
+            "east": lambda: rng.uniform(0, 180), "lat": lambda: rng.uniform(-90, 90),
+            "south": lambda: rng.uniform(-90, 0), "north": lambda: rng.uniform(0, 90),
+            "k": lambda: rng.randint(1, 50), "bits": lambda: self.ctx.bits,
+            "label": lambda: rng.randint(-1, self.ctx.classes - 1),
+            "max_distance": lambda: rng.randint(0, self.ctx.bits),
+            "seconds": lambda: rng.randint(1_400_000_000, 1_800_000_000), "nanos": lambda: rng.randint(0, 999_999_999),
+            "thumbnail_size": lambda: rng.choice([0, 32, 128]), "candidates": lambda: rng.choice([0, 40, 200]),
+            "rerank_candidates": lambda: rng.choice([0, 40, 200])}
+        if name in choices:
+            return choices[name]()
+        if f.type in (d.FieldDescriptor.TYPE_FLOAT, d.FieldDescriptor.TYPE_DOUBLE):
+            return rng.uniform(-1, 1)
+        return rng.randint(0, 3)
+
+    def text(self, name: str) -> str:
+        if name in ("id", "ids"):
+            if not self.writes and self.ctx.stored_ids and self.rng.random() < 0.5:
+                return self.rng.choice(self.ctx.stored_ids)
+            if not self.hostile():
+                item_id = f"{self.ctx.prefix}{self.rng.randrange(40)}"
+            elif self.rng.random() < 0.7:
+                item_id = self.ctx.prefix + self.rng.choice(NASTY_TEXT[:19])
+            else:
+                item_id = self.rng.choice(NASTY_TEXT)
+            self.ids_used.add(item_id)
+            return item_id
+        if self.hostile():
+            return self.rng.choice(NASTY_TEXT)
+        if name == "model_version":
+            return self.ctx.version
+        valid = {"sensor": ["MSI", "OLI"], "sensors": ["MSI", "OLI", "SAR"], "platform": ["Sentinel-2A", "Landsat-8"],
+                 "source_uri": ["s3://archive/scene-1.tif", "file:///data/x.jp2"], "key": ["cloud", "orbit", "tile"],
+                 "value": ["low", "42", "T31UFQ"]}
+        return self.rng.choice(valid.get(name, ["x", "name"]))
+
+    def blob(self, name: str) -> bytes:
+        nbytes = (self.ctx.bits + 7) // 8
+        if name in ("image", "images"):
+            return self.rng.choice(self.ctx.broken_images if self.hostile() else self.ctx.images)
+        if name in ("code", "codes"):
+            if not self.hostile():
+                return bytes(self.rng.randrange(256) for _ in range(nbytes))
+            return self.rng.choice([b"", b"\xff" * (nbytes + 1), bytes(nbytes - 1), b"\xff" * 4096])
+        if name == "thumbnail":
+            if not self.hostile():
+                return self.rng.choice([b"", self.ctx.images[3]])
+            return self.rng.choice([b"\x00" * 10, b"x" * 300_000, self.ctx.broken_images[2]])
+        return self.rng.choice([b"", b"\x00", bytes(self.rng.randrange(256) for _ in range(50)), b"\xff" * 70_000])
+
+    def mutate(self, raw: bytes) -> bytes:
+        """``raw`` with bytes flipped, cut, inserted or repeated: what no protobuf library would build."""
+        out = bytearray(raw or b"\x0a\x01a")
+        for _ in range(self.rng.randint(1, 4)):
+            op, at = self.rng.randrange(5), self.rng.randrange(len(out) + 1)
+            if op == 0 and out:
+                out[min(at, len(out) - 1)] ^= 1 << self.rng.randrange(8)
+            elif op == 1:
+                del out[at:]
+            elif op == 2:
+                out[at:at] = bytes(self.rng.choice(
+                    [[0xFF, 0xFE], [0x80] * 11, [0x0A, 0x7F], [0xC0, 0x80], [0xED, 0xA0, 0x80]]))
+            elif op == 3:
+                out[at:at] = out[at:at + 16] * self.rng.randint(2, 50)
+            else:
+                out[min(at, len(out) - 1):min(at, len(out) - 1) + 1] = b"\xff"
+        return bytes(out)
+
+
+# -- the calls --------------------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    service: str       # Gateway, Encoder or IndexShard
+    address: str
+    shard: int = -1    # IndexShard: its number
+
+
+def _unary(channel: grpc.Channel, service: str, method: str, reply: type[Message]) -> Callable:
+    """A unary call of ``service``/``method`` taking a message (or its bytes) and giving ``reply``."""
+    return channel.unary_unary(f"/orbithash.v1.{service}/{method}",
+                               request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+                               response_deserializer=reply.FromString)
+
+
+def _stub_call(channel: grpc.Channel, service: str, method: d.MethodDescriptor, raw: bool) -> Callable:
+    path = f"/orbithash.v1.{service}/{method.name}"
+    out = GetMessageClass(method.output_type)
+    serialize = bytes if raw else (lambda m: m.SerializeToString())
+    kind = ("stream_" if method.client_streaming else "unary_") + ("stream" if method.server_streaming else "unary")
+    return getattr(channel, kind)(path, request_serializer=serialize, response_deserializer=out.FromString)
+
+
+def _requests(gen: Generator, method: d.MethodDescriptor, raw: bool) -> list:
+    n = gen.rng.choice([0, 1, 1, 2, 3, 5]) if method.client_streaming else 1
+    if raw:
+        return [gen.mutate(gen.message(method.input_type).SerializeToString()) for _ in range(max(n, 1))]
+    return [gen.message(method.input_type) for _ in range(n)]
+
+
+def _describe(requests: list) -> str:
+    parts = []
+    for r in requests[:3]:
+        text = repr(r) if isinstance(r, bytes) else str(r).replace("\n", " ")
+        parts.append(text[:160])
+    return " | ".join(parts)
+
+
+class Fuzzer:
+    def __init__(self, gateway: str, shards: list[str], encoder: str | None, ctx: Context, seed: int) -> None:
+        self.ctx = ctx
+        self.rng = random.Random(seed)
+        self.tally = Tally()
+        self.targets = [Target("Gateway", gateway)] + [Target("IndexShard", a, i) for i, a in enumerate(shards)]
+        if encoder:
+            self.targets.append(Target("Encoder", encoder))
+        self.channels = {t.address: grpc.insecure_channel(t.address, options=CHANNEL_OPTIONS) for t in self.targets}
+        self.written: dict[int, set[str]] = defaultdict(set)  # -1: through the gateway; n: shard n directly
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
+    # what a write may have changed
+    def count(self, target: Target) -> int:
+        channel = self.channels[target.address]
+        if target.service == "IndexShard":
+            reply = _unary(channel, "IndexShard", "Stats", pb.StatsResponse)(b"", timeout=30)
+            return int(reply.count)
+        reply = _unary(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+        return int(reply.total)
+
+    def run(self, calls: int, raw_calls: int) -> Tally:
+        for target in self.targets:
+            service = pb.DESCRIPTOR.services_by_name[target.service]
+            for method in service.methods:
+                name = f"{target.service}{'' if target.shard < 0 else target.shard}.{method.name}"
+                write = (target.service, method.name) in WRITES
+                plan = [False] * calls + [True] * raw_calls
+                for raw in tqdm(plan, desc=name, leave=False, disable=not sys.stderr.isatty()):
+                    self.one(target, method, name, write, raw)
+                self.alive(name)
+        return self.tally
+
+    def one(self, target: Target, method: d.MethodDescriptor, name: str, write: bool, raw: bool) -> None:
+        gen = Generator(self.ctx, self.rng, writes=write)
+        requests = _requests(gen, method, raw)
+        call = _stub_call(self.channels[target.address], target.service, method, raw)
+        before = self.count(target) if write else 0
+        example = f"{name}{' raw' if raw else ''}: {_describe(requests)}"
+        reply, trailing = None, ()
+        try:
+            arg = iter(requests) if method.client_streaming else requests[0]
+            if method.server_streaming:
+                reply = list(call(arg, timeout=DEADLINE_S))
+            else:
+                reply, outcome = call.with_call(arg, timeout=DEADLINE_S)
+                trailing = outcome.trailing_metadata() or ()
+            status, message = "OK", ""
+        except grpc.RpcError as err:
+            status, message = err.code().name, err.details() or ""
+            trailing = err.trailing_metadata() or ()
+        self.tally.calls[name] += 1
+        self.tally.by_method[name][status] += 1
+        if status != "OK":
+            self.tally.reasons[name][f"{status}: {message[:70]}"] += 1
+        if status not in ACCEPTABLE:
+            self.tally.violation(f"status {status}", f"{example} -> {message}")
+        if status != "OK" and not (0 < len(message) <= MAX_MESSAGE_CHARS and "Traceback" not in message):
+            self.tally.violation("message", f"{example} -> {status} {message[:200]!r} ({len(message)} chars)")
+        if write:
+            self.record_written(target, method.name, requests, raw, gen)
+            self.check_stored(target, method.name, before, status, reply, trailing, example)
+        if status == "OK" and reply is not None and method.name in ("Search", "SearchMany"):
+            self.check_hits(target, requests[0], reply, raw, example)
+
+    def record_written(self, target: Target, method: str, requests: list, raw: bool, gen: Generator) -> None:
+        where = -1 if target.service == "Gateway" else target.shard
+        self.written[where].update(gen.ids_used)
+        kind = {"Ingest": pb.IngestItem, "Add": pb.AddRequest}.get(method)
+        if raw and kind is not None:  # a mutated request: read back which ids it held
+            for data in requests:
+                try:
+                    msg = kind.FromString(data)
+                except DecodeError:
+                    continue  # the service cannot have parsed it either
+                self.written[where].update(_ids_in(msg))
+
+    def check_stored(self, target: Target, method: str, before: int, status: str, reply: object,
+                     trailing: Iterable, example: str) -> None:
+        after = self.count(target)
+        summary = dict(trailing).get(INGEST_SUMMARY_KEY)
+        if status == "OK":
+            said = {"Ingest": lambda r: r.ingested - r.replaced, "Add": lambda r: r.added - r.replaced,
+                    "Delete": lambda r: -r.deleted, "UpdateMetadata": lambda r: 0}[method](reply)
+        elif summary is not None:  # a failed ingest says what it stored
+            s = pb.IngestSummary.FromString(summary)
+            said = s.ingested - s.replaced
+        else:
+            said = 0
+        if after - before != said:
+            self.tally.violation("stored", f"{example} -> {status}: count {before} -> {after}, "
+                                           f"the reply says {said:+d}")
+
+    def check_hits(self, target: Target, request: object, reply: object, raw: bool, example: str) -> None:
+        if raw or target.service != "Gateway":
+            return  # a mutated request's fields are not known here; the shard's hits are the gateway's input
+        many = isinstance(request, pb.SearchManyRequest)
+        results = list(reply.results) if many else [reply]
+        if many and len(results) != len(request.queries):
+            self.tally.violation("hits", f"{example} -> {len(results)} results for {len(request.queries)} queries")
+        for result in results:
+            hits = list(result.hits)
+            keys = [h.score if request.rerank else h.distance for h in hits]
+            problems = []
+            if len(hits) > request.k:
+                problems.append(f"{len(hits)} hits for k {request.k}")
+            if keys != sorted(keys):
+                problems.append(f"not in order: {keys[:10]}")
+            if request.HasField("max_distance") and any(h.distance > request.max_distance for h in hits):
+                problems.append(f"a hit beyond max_distance {request.max_distance}")
+            if request.HasField("label") and any(h.label != request.label for h in hits):
+                problems.append(f"a hit without label {request.label}")
+            if any(h.distance > self.ctx.bits for h in hits):
+                problems.append("a distance over the code length")
+            if problems:
+                self.tally.violation("hits", f"{example} -> {'; '.join(problems)}")
+
+    def alive(self, after: str) -> None:
+        for target in self.targets:
+            channel = self.channels[target.address]
+            try:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                ok = health.status == health_pb2.HealthCheckResponse.SERVING
+                if target.service == "Gateway":
+                    info = _unary(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+                    ok = ok and all(s.healthy for s in info.shards)
+            except grpc.RpcError as err:
+                ok = False
+                after += f" ({err.code().name})"
+            if not ok:
+                self.tally.violation("alive", f"{target.service} at {target.address} not serving after {after}")
+
+    def clean_up(self) -> int:
+        """Delete every id the fuzzer may have written, where it wrote it; the number deleted."""
+        deleted = 0
+        for where, ids in self.written.items():
+            target = self.targets[0] if where < 0 else next(t for t in self.targets if t.shard == where)
+            call = _unary(self.channels[target.address], target.service, "Delete", pb.DeleteResponse)
+            ordered = sorted(ids)
+            for a in range(0, len(ordered), 200):
+                try:
+                    deleted += call(pb.DeleteRequest(ids=ordered[a:a + 200]), timeout=60).deleted
+                except grpc.RpcError:  # a batch holding an id the service refuses: one at a time
+                    for item_id in ordered[a:a + 200]:
+                        with contextlib.suppress(grpc.RpcError):
+                            deleted += call(pb.DeleteRequest(ids=[item_id]), timeout=60).deleted
+        return deleted
+
+
+def _ids_in(msg: Message) -> set[str]:
+    if isinstance(msg, pb.IngestItem):
+        return {msg.id}
+    return {item.id for item in getattr(msg, "items", [])}
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+def context_of(gateway: str, prefix: str, real: list[bytes], rng: random.Random) -> Context:
+    with grpc.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
+        info = _unary(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+        search = _unary(channel, "Gateway", "Search", pb.SearchResponse)
+        codes = [search(pb.SearchRequest(image=image, k=5), timeout=60) for image in real[:2]]
+    stored = sorted({h.id for reply in codes for h in reply.hits})
+    return Context(info.model.bits, info.model.version, len(info.model.class_names), stored,
+                   *image_pool(real, rng), prefix)
+
+
+def fuzz(gateway: str, shards: list[str], encoder: str | None, calls: int, raw_calls: int, seed: int,
+         prefix: str) -> dict[str, object]:
+    rng = random.Random(seed)
+    split = load_split(None)
+    real = [r.data for r in split.queries[:: max(1, len(split.queries) // 8)]][:8]
+    ctx = context_of(gateway, prefix, real, rng)
+    fuzzer = Fuzzer(gateway, shards, encoder, ctx, seed)
+    try:
+        total_before = fuzzer.count(fuzzer.targets[0])
+        started = time.monotonic()
+        tally = fuzzer.run(calls, raw_calls)
+        cleaned = fuzzer.clean_up()
+        total_after = fuzzer.count(fuzzer.targets[0])
+        if total_after != total_before:
+            tally.violation("left behind", f"{total_before} items before, {total_after} after cleaning up")
+    finally:
+        fuzzer.close()
+    return {"violations": dict(tally.violations), "calls": sum(tally.calls.values()),
+            "by_method": {m: dict(c) for m, c in tally.by_method.items()}, "examples": dict(tally.examples),
+            "top_refusals": {m: [f"{n} × {text}" for text, n in c.most_common(3)] for m, c in tally.reasons.items()},
+            "cleaned_up": cleaned, "seconds": round(time.monotonic() - started, 1), "seed": seed,
+            "bits": ctx.bits, "model_version": ctx.version}
+
+
+def print_table(result: dict) -> None:
+    statuses = sorted({s for c in result["by_method"].values() for s in c}, key=lambda s: (s != "OK", s))
+    print(f"{'method':<28}" + "".join(f"{s[:18]:>20}" for s in statuses))
+    for method, counts in result["by_method"].items():
+        print(f"{method:<28}" + "".join(f"{counts.get(s, 0):>20}" for s in statuses))
+    if result["violations"]:
+        print("\nVIOLATIONS")
+        for kind, n in result["violations"].items():
+            print(f"  {kind}: {n}")
+            for example in result["examples"][kind]:
+                print(f"    - {example}")
+    else:
+        print(f"\nno violations in {result['calls']} calls")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200, help="generated requests per method (default 200)")
+    parser.add_argument("--raw", type=int, default=None, help="mutated-bytes requests per method (default calls / 4)")
+    parser.add_argument("--quick", action="store_true", help="25 calls and 8 raw ones per method")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", help="a running gateway (plaintext); default: start the local cluster")
+    parser.add_argument("--shard", action="append", default=[], help="an index shard's address (repeatable)")
+    parser.add_argument("--encoder", help="the encoder's address")
+    parser.add_argument("--id-prefix", default=f"fuzz-{uuid.uuid4().hex[:8]}/")
+    parser.add_argument("--model-repository", type=Path, default=REPO / "model_repository")
+    args = parser.parse_args(argv)
+    calls, raw_calls = (25, 8) if args.quick else (args.calls, args.raw if args.raw is not None else args.calls // 4)
+    try:
+        if args.target:
+            result = fuzz(args.target, args.shard, args.encoder, calls, raw_calls, args.seed, args.id_prefix)
+        else:
+            with tempfile.TemporaryDirectory() as work, \
+                    Cluster(ClusterConfig(model_repository=args.model_repository, work_dir=Path(work))) as cluster:
+                from orbithash_client import Item, OrbitHashClient
+                split = load_split(None)
+                with OrbitHashClient(cluster.gateway.address, timeout=300) as client:
+                    client.ingest([Item(r.id, r.data, label=r.label) for r in split.database[::20]], batch_size=32)
+                result = fuzz(cluster.gateway.address, [s.address for s in cluster.shards], cluster.encoder.address,
+                              calls, raw_calls, args.seed, args.id_prefix)
+    except Exception:
+        traceback.print_exc()
+        return 2
+    print_table(result)
+    print(json.dumps(result))
+    return 1 if result["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
