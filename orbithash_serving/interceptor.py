@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from orbithash import InvalidInput, OrbitHashError
@@ -73,18 +75,31 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str,
         try:
             check_message_size(method, len(data), limits)
             return deserializer(data)
-        except Exception as exc:  # ResourceExhausted, protobuf's DecodeError and friends
+        except DecodeError:
+            return Undecodable(InvalidInput(_why_unparsable(data, method)))
+        except Exception as exc:  # ResourceExhausted, and whatever else a deserializer raises
             return Undecodable(exc)
 
     return parse
+
+
+def _why_unparsable(data: bytes, method: str) -> str:
+    """What is wrong with request bytes protobuf refused: its own error names only the message type.
+    ``Empty`` keeps every field as an unknown one, so it parses any well-formed bytes whatever their
+    text: bytes it accepts failed on a string field's UTF-8, the only check left."""
+    try:
+        empty_pb2.Empty.FromString(data)
+    except DecodeError:
+        return (f"the {method} request is not a well-formed protobuf message (cut off or corrupted bytes); "
+                "send it again from a protobuf library")
+    return f"the {method} request does not parse as its message type: a string field (an id) must be valid UTF-8"
 
 
 def _refuse(request: Any, method: str) -> Any:
     if isinstance(request, Undecodable):
         if isinstance(request.error, OrbitHashError):
             raise request.error
-        raise InvalidInput(f"the {method} request does not parse as its message type: a string field "
-                           f"(an id) must be valid UTF-8 ({request.error})")
+        raise InvalidInput(f"the {method} request does not parse as its message type ({request.error})")
     return request
 
 
