@@ -18,7 +18,8 @@ Checks, each a violation when it fails:
   status   one a caller can act on: OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
            RESOURCE_EXHAUSTED or OUT_OF_RANGE. UNKNOWN and INTERNAL are unhandled errors,
            UNAVAILABLE and DEADLINE_EXCEEDED a crash or a hang, UNIMPLEMENTED a missing method
-  message  every refusal says why: a message of 1..2000 characters and no Python traceback
+  message  every refusal says why: a message of 1..2000 characters, without a Python traceback or
+           the repr of an internal object
   stored   the item count after a write differs from before by exactly what the reply says
            (ingested − replaced, added − replaced, −deleted); a refused write changes nothing
   hits     at most k per query, one result per query, ascending by distance (by score when
@@ -72,6 +73,7 @@ REPO = Path(__file__).resolve().parents[1]
 ACCEPTABLE = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"}
 DEADLINE_S = 60.0
 MAX_MESSAGE_CHARS = 2000
+LEAKS = ("Traceback", "object at 0x", "Exception calling application")  # internals, not a reason a caller can act on
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", 256 * 2**20), ("grpc.max_receive_message_length", 256 * 2**20)]
 WRITES = {("Gateway", "Ingest"), ("Gateway", "Delete"), ("Gateway", "UpdateMetadata"),
           ("IndexShard", "Add"), ("IndexShard", "Delete"), ("IndexShard", "UpdateMetadata")}
@@ -415,7 +417,8 @@ class Fuzzer:
             self.tally.reasons[name][f"{status}: {message[:70]}"] += 1
         if status not in ACCEPTABLE:
             self.tally.violation(f"status {status}", f"{example} -> {message}")
-        if status != "OK" and not (0 < len(message) <= MAX_MESSAGE_CHARS and "Traceback" not in message):
+        if status != "OK" and not (0 < len(message) <= MAX_MESSAGE_CHARS
+                                   and not any(leak in message for leak in LEAKS)):
             self.tally.violation("message", f"{example} -> {status} {message[:200]!r} ({len(message)} chars)")
         if write:
             self.record_written(target, method.name, requests, raw, gen)
