@@ -1,7 +1,7 @@
 """Hostile input on every RPC: each answer's status and message, and what it stored.
 
     .venv/bin/python bench/fuzz.py [--calls 200] [--seed 0]       # starts the local cluster
-    .venv/bin/python bench/fuzz.py --quick                         # 25 calls per method (≈ 1 min)
+    .venv/bin/python bench/fuzz.py --quick                         # 25 + 8 calls per method (≈ 2 min)
     .venv/bin/python bench/fuzz.py --target HOST:PORT [--shard HOST:PORT ...] [--encoder HOST:PORT]
 
 For every method of the Gateway (and of the Encoder and each IndexShard: the local cluster's, or
