@@ -35,6 +35,7 @@ a final JSON line (``violations``, ``calls``, ``by_method``, ``examples``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -56,18 +57,19 @@ import numpy as np
 from google.protobuf import descriptor as d
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from tqdm import tqdm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import contextlib
+
+from end_to_end import ingest
 
 from gateway.servicer import INGEST_SUMMARY_KEY
-from orbithash.data import load_split
+from orbithash.data import Split, load_split
 from orbithash_api.v1 import orbithash_pb2 as pb
-from orbithash_local.cluster import Cluster, ClusterConfig
+from orbithash_local.cluster import Cluster, ClusterConfig, grpc_serving
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEPTABLE = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"}
@@ -100,7 +102,6 @@ class Context:
 
 @dataclass
 class Tally:
-    calls: Counter[str] = field(default_factory=Counter)
     by_method: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))  # refusals' messages
     violations: Counter[str] = field(default_factory=Counter)
@@ -327,19 +328,20 @@ class Target:
     shard: int = -1    # IndexShard: its number
 
 
-def _unary(channel: grpc.Channel, service: str, method: str, reply: type[Message]) -> Callable:
-    """A unary call of ``service``/``method`` taking a message (or its bytes) and giving ``reply``."""
-    return channel.unary_unary(f"/orbithash.v1.{service}/{method}",
-                               request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
-                               response_deserializer=reply.FromString)
+def _serialize(request: Message | bytes) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
-def _stub_call(channel: grpc.Channel, service: str, method: d.MethodDescriptor, raw: bool) -> Callable:
-    path = f"/orbithash.v1.{service}/{method.name}"
-    out = GetMessageClass(method.output_type)
-    serialize = bytes if raw else (lambda m: m.SerializeToString())
+def _callable(channel: grpc.Channel, service: str, method: str, reply: type[Message],
+              kind: str = "unary_unary") -> Callable:
+    """``service``/``method`` on ``channel``, taking messages or their (mutated) bytes, giving ``reply``."""
+    return getattr(channel, kind)(f"/orbithash.v1.{service}/{method}", request_serializer=_serialize,
+                                  response_deserializer=reply.FromString)
+
+
+def _method_callable(channel: grpc.Channel, service: str, method: d.MethodDescriptor) -> Callable:
     kind = ("stream_" if method.client_streaming else "unary_") + ("stream" if method.server_streaming else "unary")
-    return getattr(channel, kind)(path, request_serializer=serialize, response_deserializer=out.FromString)
+    return _callable(channel, service, method.name, GetMessageClass(method.output_type), kind)
 
 
 def _requests(gen: Generator, method: d.MethodDescriptor, raw: bool) -> list:
@@ -376,9 +378,9 @@ class Fuzzer:
     def count(self, target: Target) -> int:
         channel = self.channels[target.address]
         if target.service == "IndexShard":
-            reply = _unary(channel, "IndexShard", "Stats", pb.StatsResponse)(b"", timeout=30)
+            reply = _callable(channel, "IndexShard", "Stats", pb.StatsResponse)(b"", timeout=30)
             return int(reply.count)
-        reply = _unary(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+        reply = _callable(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
         return int(reply.total)
 
     def run(self, calls: int, raw_calls: int) -> Tally:
@@ -396,7 +398,7 @@ class Fuzzer:
     def one(self, target: Target, method: d.MethodDescriptor, name: str, write: bool, raw: bool) -> None:
         gen = Generator(self.ctx, self.rng, writes=write)
         requests = _requests(gen, method, raw)
-        call = _stub_call(self.channels[target.address], target.service, method, raw)
+        call = _method_callable(self.channels[target.address], target.service, method)
         before = self.count(target) if write else 0
         example = f"{name}{' raw' if raw else ''}: {_describe(requests)}"
         reply, trailing = None, ()
@@ -411,7 +413,6 @@ class Fuzzer:
         except grpc.RpcError as err:
             status, message = err.code().name, err.details() or ""
             trailing = err.trailing_metadata() or ()
-        self.tally.calls[name] += 1
         self.tally.by_method[name][status] += 1
         if status != "OK":
             self.tally.reasons[name][f"{status}: {message[:70]}"] += 1
@@ -480,16 +481,13 @@ class Fuzzer:
 
     def alive(self, after: str) -> None:
         for target in self.targets:
-            channel = self.channels[target.address]
-            try:
-                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-                ok = health.status == health_pb2.HealthCheckResponse.SERVING
-                if target.service == "Gateway":
-                    info = _unary(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
-                    ok = ok and all(s.healthy for s in info.shards)
-            except grpc.RpcError as err:
-                ok = False
-                after += f" ({err.code().name})"
+            ok = grpc_serving(target.address, timeout=10)
+            if ok and target.service == "Gateway":
+                try:
+                    info = _callable(self.channels[target.address], "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+                    ok = all(s.healthy for s in info.shards)
+                except grpc.RpcError as err:
+                    ok, after = False, f"{after} (Info: {err.code().name})"
             if not ok:
                 self.tally.violation("alive", f"{target.service} at {target.address} not serving after {after}")
 
@@ -498,7 +496,7 @@ class Fuzzer:
         deleted = 0
         for where, ids in self.written.items():
             target = self.targets[0] if where < 0 else next(t for t in self.targets if t.shard == where)
-            call = _unary(self.channels[target.address], target.service, "Delete", pb.DeleteResponse)
+            call = _callable(self.channels[target.address], target.service, "Delete", pb.DeleteResponse)
             ordered = sorted(ids)
             for a in range(0, len(ordered), 200):
                 try:
@@ -520,8 +518,8 @@ def _ids_in(msg: Message) -> set[str]:
 
 def context_of(gateway: str, prefix: str, real: list[bytes], rng: random.Random) -> Context:
     with grpc.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
-        info = _unary(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
-        search = _unary(channel, "Gateway", "Search", pb.SearchResponse)
+        info = _callable(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+        search = _callable(channel, "Gateway", "Search", pb.SearchResponse)
         codes = [search(pb.SearchRequest(image=image, k=5), timeout=60) for image in real[:2]]
     stored = sorted({h.id for reply in codes for h in reply.hits})
     return Context(info.model.bits, info.model.version, len(info.model.class_names), stored,
@@ -529,9 +527,8 @@ def context_of(gateway: str, prefix: str, real: list[bytes], rng: random.Random)
 
 
 def fuzz(gateway: str, shards: list[str], encoder: str | None, calls: int, raw_calls: int, seed: int,
-         prefix: str) -> dict[str, object]:
+         prefix: str, split: Split) -> dict[str, object]:
     rng = random.Random(seed)
-    split = load_split(None)
     real = [r.data for r in split.queries[:: max(1, len(split.queries) // 8)]][:8]
     ctx = context_of(gateway, prefix, real, rng)
     fuzzer = Fuzzer(gateway, shards, encoder, ctx, seed)
@@ -545,7 +542,7 @@ def fuzz(gateway: str, shards: list[str], encoder: str | None, calls: int, raw_c
             tally.violation("left behind", f"{total_before} items before, {total_after} after cleaning up")
     finally:
         fuzzer.close()
-    return {"violations": dict(tally.violations), "calls": sum(tally.calls.values()),
+    return {"violations": dict(tally.violations), "calls": sum(sum(c.values()) for c in tally.by_method.values()),
             "by_method": {m: dict(c) for m, c in tally.by_method.items()}, "examples": dict(tally.examples),
             "top_refusals": {m: [f"{n} × {text}" for text, n in c.most_common(3)] for m, c in tally.reasons.items()},
             "cleaned_up": cleaned, "seconds": round(time.monotonic() - started, 1), "seed": seed,
@@ -581,17 +578,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     calls, raw_calls = (25, 8) if args.quick else (args.calls, args.raw if args.raw is not None else args.calls // 4)
     try:
+        split = load_split(None)
         if args.target:
-            result = fuzz(args.target, args.shard, args.encoder, calls, raw_calls, args.seed, args.id_prefix)
+            result = fuzz(args.target, args.shard, args.encoder, calls, raw_calls, args.seed, args.id_prefix, split)
         else:
             with tempfile.TemporaryDirectory() as work, \
                     Cluster(ClusterConfig(model_repository=args.model_repository, work_dir=Path(work))) as cluster:
-                from orbithash_client import Item, OrbitHashClient
-                split = load_split(None)
-                with OrbitHashClient(cluster.gateway.address, timeout=300) as client:
-                    client.ingest([Item(r.id, r.data, label=r.label) for r in split.database[::20]], batch_size=32)
+                ingest(cluster.gateway.address, split.database[::20], streams=1)  # stored items to search and get
                 result = fuzz(cluster.gateway.address, [s.address for s in cluster.shards], cluster.encoder.address,
-                              calls, raw_calls, args.seed, args.id_prefix)
+                              calls, raw_calls, args.seed, args.id_prefix, split)
     except Exception:
         traceback.print_exc()
         return 2
