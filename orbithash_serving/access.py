@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -181,11 +181,16 @@ class Admission(Protocol):
     def admit(self, method: str, context: grpc.ServicerContext) -> Principal: ...
 
 
-def bearer_token(metadata: Mapping[str, str | bytes]) -> str:
-    raw = metadata.get("authorization")
-    if raw is None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """The token of the one ``authorization`` value. More than one is refused: a proxy that checks
+    the first while this reads the last would let a forged token ride along a real one."""
+    values = [v for k, v in metadata if k == "authorization"]
+    if not values:
         raise Unauthenticated("this service needs a bearer token: send the metadata "
                               "'authorization: Bearer <token>' (orbithash --token, or ORBITHASH_TOKEN)")
+    if len(values) > 1:
+        raise Unauthenticated(f"send exactly one 'authorization' metadata, not {len(values)}")
+    raw = values[0]
     value = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -204,8 +209,7 @@ class TokenAdmission:
         self._needs = dict(needs)
 
     def admit(self, method: str, context: grpc.ServicerContext) -> Principal:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ())}
-        principal = self._book.identify(bearer_token(metadata))
+        principal = self._book.identify(bearer_token(context.invocation_metadata() or ()))
         need = self._needs.get(method, Role.ADMIN)
         if principal.role < need:
             raise PermissionDenied(f"token {principal.name!r} has the role {principal.role.label}; "

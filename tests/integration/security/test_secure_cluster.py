@@ -97,6 +97,12 @@ def test_no_unknown_or_expired_token_is_unauthenticated(secure: Cluster) -> None
         late.info()
 
 
+def test_a_second_authorization_value_beside_a_valid_token_is_refused(secure: Cluster) -> None:
+    with client(secure, "admin", metadata=[("authorization", "Bearer ohk_forged")]) as doubled, \
+            pytest.raises(Unauthenticated, match="exactly one 'authorization' metadata, not 2"):
+        doubled.delete(["sec-nothing"])
+
+
 def test_a_new_token_works_without_a_restart(secure: Cluster) -> None:
     assert secure.security is not None and secure.gateway is not None
     fresh = add_token(secure.security.tokens_file, "station-b", Role.READER)

@@ -92,6 +92,18 @@ def test_missing_malformed_or_unknown_tokens_are_unauthenticated(tokens, metadat
     assert "ohk_not-a-real-token" not in str(refused.value)  # a presented token is never echoed
 
 
+@pytest.mark.parametrize("order", ["valid first", "valid last"])
+def test_two_authorization_values_are_refused_whichever_comes_first(tokens, order) -> None:
+    """A proxy that checks one value while the service reads the other would let a forged token
+    ride along a real one; so more than one value is an error, not a choice."""
+    path, issued = tokens
+    values = [f"Bearer {issued['admin']}", "Bearer ohk_forged"]
+    metadata = [("authorization", v) for v in (values if order == "valid first" else values[::-1])]
+    with pytest.raises(Unauthenticated, match="exactly one 'authorization' metadata, not 2") as refused:
+        TokenAdmission(TokenBook(str(path)), NEEDS).admit("Delete", Context(metadata))
+    assert issued["admin"] not in str(refused.value) and "ohk_forged" not in str(refused.value)
+
+
 def test_an_expired_token_is_refused_with_its_name_and_expiry(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     token = add_token(path, "old-station", Role.WRITER, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
