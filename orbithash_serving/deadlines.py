@@ -9,6 +9,7 @@ synchronised clocks (NTP), as the shard's Redis deadline fence does.
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -27,8 +28,11 @@ def write_time_left(context: grpc.ServicerContext) -> float | None:
     for key, value in context.invocation_metadata():
         if key == NOT_AFTER_KEY:
             try:
-                absolute = float(value) - time.time()
+                limit = float(value)
             except ValueError:
                 continue
+            if not math.isfinite(limit):  # NaN or ±inf is no time, and NaN would survive min() below
+                continue
+            absolute = limit - time.time()
             left = absolute if left is None else min(left, absolute)
     return left
