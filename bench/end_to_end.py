@@ -97,14 +97,15 @@ def reference_rate(session: ort.InferenceSession, facts: ModelFacts, images: lis
     return done / (time.perf_counter() - start)
 
 
-def ingest(address: str, records: list[ImageRecord], streams: int) -> tuple[float, int]:
+def ingest(address: str, records: list[ImageRecord], streams: int, **security: object) -> tuple[float, int]:
     """The database through the gateway, ``streams`` concurrent clients, batches of 32: (img/s, stored).
 
-    Four streams by default, as an operator's ``orbithash ingest`` sends them."""
+    Four streams by default, as an operator's ``orbithash ingest`` sends them. ``security``: the
+    client's TLS and token options."""
     chunks = [records[a:a + BATCH * 4] for a in range(0, len(records), BATCH * 4)]
 
     def send(chunk: list[ImageRecord]) -> int:
-        with OrbitHashClient(address, timeout=300) as client:
+        with OrbitHashClient(address, timeout=300, **security) as client:
             items = [Item(r.id, r.data, label=r.label) for r in chunk]
             return client.ingest(items, batch_size=BATCH).ingested
 

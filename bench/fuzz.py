@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/fuzz.py [--calls 200] [--seed 0]       # starts the local cluster
     .venv/bin/python bench/fuzz.py --quick                         # 25 + 8 calls per method (≈ 2 min)
+    .venv/bin/python bench/fuzz.py --quick --tls                   # the local cluster with TLS and tokens
     .venv/bin/python bench/fuzz.py --target HOST:PORT [--shard HOST:PORT ...] [--encoder HOST:PORT]
+        [--tls-ca PEM --token-file FILE --tls-cert PEM --tls-key PEM ...]   # a running (secured) cluster
 
 For every method of the Gateway (and of the Encoder and each IndexShard: the local cluster's, or
 those given) it sends ``--calls`` requests built from the proto's own descriptors. Each field is
@@ -12,12 +14,23 @@ right-to-left text, lists far over the limits, truncated, corrupted and oversize
 the wrong length) mixed with valid ones (real images in each format, codes of the served length,
 stored ids, the served model version), so that calls get past the first check. ``--raw`` more per
 method send a valid message's bytes mutated at random (invalid UTF-8, broken lengths: what the
-proto cannot build). Nothing runs concurrently: each answer is checked against the state before it.
+proto cannot build). Some calls also carry hostile metadata: a shard's write limit
+(``orbithash-not-after``) that is NaN, infinite, garbage or long past, unknown keys, odd text and
+binary values. Nothing runs concurrently: each answer is checked against the state before it.
+
+On a cluster with tokens (``--tls``, or ``--token-file``), ``--probes`` more calls per gateway
+method carry a credential that must be refused: no token, one that is not ``Bearer``, an unknown
+one, two ``authorization`` values, or a token whose role is too low (``--reader-token-file``,
+``--writer-token-file``). With a stranger's certificate (``--tls``, or ``--stranger-cert``: one of
+the cluster's CA that is not the gateway's) each internal method gets such probes too. A probe must
+get exactly UNAUTHENTICATED or PERMISSION_DENIED, never echo the token it presented, and change
+nothing.
 
 Checks, each a violation when it fails:
   status   one a caller can act on: OK, INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION,
-           RESOURCE_EXHAUSTED or OUT_OF_RANGE. UNKNOWN and INTERNAL are unhandled errors,
-           UNAVAILABLE and DEADLINE_EXCEEDED a crash or a hang, UNIMPLEMENTED a missing method
+           RESOURCE_EXHAUSTED or OUT_OF_RANGE (DEADLINE_EXCEEDED too when the call carried a write limit
+           that had passed). UNKNOWN and INTERNAL are unhandled errors, UNAVAILABLE and
+           DEADLINE_EXCEEDED a crash or a hang, UNIMPLEMENTED a missing method
   message  every refusal says why: a message of 1..2000 characters, without a Python traceback or
            the repr of an internal object
   stored   the item count after a write differs from before by exactly what the reply says
@@ -28,8 +41,8 @@ Checks, each a violation when it fails:
            each service's health check SERVING
 Every id it can have written starts with ``--id-prefix``, or is recorded from the request the
 service accepted, and is deleted where it was written at the end, so the cluster keeps the items
-it had (the count is checked). Prints violations with examples, a table of statuses by method and
-a final JSON line (``violations``, ``calls``, ``by_method``, ``examples``).
+it had (the count is checked). Prints violations with examples, tables of statuses by method (calls,
+probes) and a final JSON line (``violations``, ``calls``, ``by_method``, ``probes``, ``examples``).
 """
 
 from __future__ import annotations
@@ -66,10 +79,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from end_to_end import ingest
 
+from gateway.roles import METHOD_ROLES
 from gateway.servicer import INGEST_SUMMARY_KEY
 from orbithash.data import Split, load_split
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_local.cluster import Cluster, ClusterConfig, grpc_serving
+from orbithash_serving.access import Role
+from orbithash_serving.deadlines import NOT_AFTER_KEY
+from orbithash_serving.tls import channel_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 ACCEPTABLE = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "OUT_OF_RANGE"}
@@ -104,6 +121,7 @@ class Context:
 class Tally:
     by_method: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     reasons: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))  # refusals' messages
+    probes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))  # credentials refused
     violations: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
@@ -111,6 +129,64 @@ class Tally:
         self.violations[kind] += 1
         if len(self.examples[kind]) < 5:
             self.examples[kind].append(example[:400])
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the fuzzer reaches a cluster: plaintext, or TLS with an admin token for the gateway (the
+    fuzzer deletes what it wrote) and a certificate the internal services admit (the gateway's).
+
+    The probes of identity use the rest: tokens of lower roles, and a certificate of the cluster
+    that the internal services must refuse."""
+
+    gateway: grpc.ChannelCredentials | None = None
+    internal: grpc.ChannelCredentials | None = None
+    token: str | None = None
+    role_tokens: dict[str, str] = field(default_factory=dict)  # role label → token
+    stranger: grpc.ChannelCredentials | None = None
+
+    def credentials(self, target: Target) -> grpc.ChannelCredentials | None:
+        return self.gateway if target.service == "Gateway" else self.internal
+
+    def channel(self, target: Target, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+        credentials = credentials or self.credentials(target)
+        if credentials is None:
+            return grpc.insecure_channel(target.address, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(target.address, credentials, options=CHANNEL_OPTIONS)
+
+    def metadata(self, target: Target) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token and target.service == "Gateway" else []
+
+
+def access_of(cluster: Cluster) -> Access:
+    """The local cluster's: its CA, the gateway's certificate, its three tokens, the operator's
+    certificate as the stranger (plaintext when it runs without --tls)."""
+    if cluster.security is None:
+        return Access()
+    sec = cluster.security
+    ca = str(sec.ca)
+    me, stranger = sec.identity("gateway"), sec.identity("client")
+    tokens = {role: path.read_text().strip() for role, path in sec.token_files.items()}
+    return Access(channel_credentials(ca), channel_credentials(ca, str(me.cert), str(me.key)), tokens.pop("admin"),
+                  tokens, channel_credentials(ca, str(stranger.cert), str(stranger.key)))
+
+
+def access_from(args: argparse.Namespace) -> Access:
+    """A running cluster's, from the command line: files only, never a token as an argument."""
+    def read(path: Path | None) -> str | None:
+        return path.read_text().strip() if path else None
+
+    if args.token_file and not args.tls_ca:
+        raise SystemExit("fuzz: a token would cross the network in plaintext: give --tls-ca as well")
+    ca = str(args.tls_ca) if args.tls_ca else None
+    if ca is None:
+        return Access()
+    cert = (str(args.tls_cert), str(args.tls_key)) if args.tls_cert else (None, None)
+    stranger = (channel_credentials(ca, str(args.stranger_cert), str(args.stranger_key))
+                if args.stranger_cert else None)
+    roles = {label: read(path) for label, path in (("reader", args.reader_token_file),
+                                                   ("writer", args.writer_token_file)) if path}
+    return Access(channel_credentials(ca), channel_credentials(ca, *cert), read(args.token_file), roles, stranger)
 
 
 # -- images -----------------------------------------------------------------------------------------
@@ -167,6 +243,7 @@ class Generator:
         self.writes = writes  # ids go to a write: only the fuzzer's own (prefixed) or nonsense ones
         self.ids_used: set[str] = set()
         self.hostile_rate = self.PLAUSIBLE
+        self.deadline = True  # whether the call is sent with a deadline (``metadata`` may take it away)
 
     def hostile(self) -> bool:
         return self.rng.random() < self.hostile_rate
@@ -300,6 +377,26 @@ class Generator:
             return self.rng.choice([b"\x00" * 10, b"x" * 300_000, self.ctx.broken_images[2]])
         return self.rng.choice([b"", b"\x00", bytes(self.rng.randrange(256) for _ in range(50)), b"\xff" * 70_000])
 
+    def metadata(self) -> list[tuple[str, str | bytes]]:
+        """Metadata a hostile client adds: write limits that are no time (or long past), unknown
+        keys, odd text and binary values (each under gRPC's 8 KB metadata limit, all together);
+        half of such calls go without a deadline."""
+        if self.rng.random() >= (0.15 if self.hostile_rate == self.PLAUSIBLE else 0.5):
+            return []
+        self.deadline = self.rng.random() < 0.5
+        out: list[tuple[str, str | bytes]] = []
+        for _ in range(self.rng.randint(1, 3)):
+            kind = self.rng.randrange(3)
+            if kind == 0:
+                out.append((NOT_AFTER_KEY, self.rng.choice(
+                    ["nan", "inf", "-inf", "1e400", "", "soon", "0x10", "1.5", f"{time.time() + 600:.6f}"])))
+            elif kind == 1:
+                out.append((f"x-fuzz-{self.rng.randrange(3)}", self.rng.choice(["", "a" * 2000, "%s%n", "../..", " "])))
+            else:
+                size = self.rng.choice([0, 16, 1000])
+                out.append(("x-fuzz-bin", bytes(self.rng.randrange(256) for _ in range(size))))
+        return out
+
     def mutate(self, raw: bytes) -> bytes:
         """``raw`` with bytes flipped, cut, inserted or repeated: what no protobuf library would build."""
         out = bytearray(raw or b"\x0a\x01a")
@@ -359,15 +456,27 @@ def _describe(requests: list) -> str:
     return " | ".join(parts)
 
 
+def _describe_metadata(metadata: list[tuple[str, str | bytes]]) -> str:
+    return f" | metadata {[(k, v[:40]) for k, v in metadata]}" if metadata else ""
+
+
+def _past_limit(metadata: list[tuple[str, str | bytes]]) -> bool:
+    """Whether ``metadata`` holds a write limit that has passed (a shard must then refuse a write)."""
+    for key, value in metadata:
+        with contextlib.suppress(ValueError, TypeError):
+            if key == NOT_AFTER_KEY and math.isfinite(float(value)) and float(value) < time.time():
+                return True
+    return False
+
+
 class Fuzzer:
-    def __init__(self, gateway: str, shards: list[str], encoder: str | None, ctx: Context, seed: int) -> None:
+    def __init__(self, targets: list[Target], access: Access, ctx: Context, seed: int) -> None:
         self.ctx = ctx
         self.rng = random.Random(seed)
         self.tally = Tally()
-        self.targets = [Target("Gateway", gateway)] + [Target("IndexShard", a, i) for i, a in enumerate(shards)]
-        if encoder:
-            self.targets.append(Target("Encoder", encoder))
-        self.channels = {t.address: grpc.insecure_channel(t.address, options=CHANNEL_OPTIONS) for t in self.targets}
+        self.targets = targets
+        self.access = access
+        self.channels = {t.address: access.channel(t) for t in self.targets}
         self.written: dict[int, set[str]] = defaultdict(set)  # -1: through the gateway; n: shard n directly
 
     def close(self) -> None:
@@ -380,10 +489,14 @@ class Fuzzer:
         if target.service == "IndexShard":
             reply = _callable(channel, "IndexShard", "Stats", pb.StatsResponse)(b"", timeout=30)
             return int(reply.count)
-        reply = _callable(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
-        return int(reply.total)
+        return int(self.info().total)
 
-    def run(self, calls: int, raw_calls: int) -> Tally:
+    def info(self) -> pb.InfoResponse:
+        gateway = self.targets[0]
+        return _callable(self.channels[gateway.address], "Gateway", "Info", pb.InfoResponse)(
+            b"", timeout=30, metadata=self.access.metadata(gateway))
+
+    def run(self, calls: int, raw_calls: int, probes: int) -> Tally:
         for target in self.targets:
             service = pb.DESCRIPTOR.services_by_name[target.service]
             for method in service.methods:
@@ -392,40 +505,112 @@ class Fuzzer:
                 plan = [False] * calls + [True] * raw_calls
                 for raw in tqdm(plan, desc=name, leave=False, disable=not sys.stderr.isatty()):
                     self.one(target, method, name, write, raw)
+                for _ in range(probes):
+                    self.probe(target, method, name, write)
                 self.alive(name)
         return self.tally
+
+    def send(self, target: Target, method: d.MethodDescriptor, requests: list, metadata: list,
+             channel: grpc.Channel | None = None, deadline: bool = True) -> tuple[str, str, object, Iterable]:
+        """One call: (status, message, reply, trailing metadata).
+
+        ``deadline`` False: sent without one, as some clients do (a unary answer is still awaited for
+        at most DEADLINE_S, then the call is cancelled and reported as HANG)."""
+        call = _method_callable(channel or self.channels[target.address], target.service, method)
+        arg = iter(requests) if method.client_streaming else requests[0]
+        try:
+            if method.server_streaming:
+                return "OK", "", list(call(arg, timeout=DEADLINE_S, metadata=metadata)), ()
+            if deadline:
+                reply, outcome = call.with_call(arg, timeout=DEADLINE_S, metadata=metadata)
+                return "OK", "", reply, outcome.trailing_metadata() or ()
+            future = call.future(arg, metadata=metadata)
+            try:
+                return "OK", "", future.result(timeout=DEADLINE_S), future.trailing_metadata() or ()
+            except grpc.FutureTimeoutError:
+                future.cancel()
+                return "HANG", f"no answer in {DEADLINE_S:.0f} s", None, ()
+        except grpc.RpcError as err:
+            return err.code().name, err.details() or "", None, err.trailing_metadata() or ()
 
     def one(self, target: Target, method: d.MethodDescriptor, name: str, write: bool, raw: bool) -> None:
         gen = Generator(self.ctx, self.rng, writes=write)
         requests = _requests(gen, method, raw)
-        call = _method_callable(self.channels[target.address], target.service, method)
+        extra = gen.metadata()
         before = self.count(target) if write else 0
-        example = f"{name}{' raw' if raw else ''}: {_describe(requests)}"
-        reply, trailing = None, ()
-        try:
-            arg = iter(requests) if method.client_streaming else requests[0]
-            if method.server_streaming:
-                reply = list(call(arg, timeout=DEADLINE_S))
-            else:
-                reply, outcome = call.with_call(arg, timeout=DEADLINE_S)
-                trailing = outcome.trailing_metadata() or ()
-            status, message = "OK", ""
-        except grpc.RpcError as err:
-            status, message = err.code().name, err.details() or ""
-            trailing = err.trailing_metadata() or ()
+        example = f"{name}{' raw' if raw else ''}: {_describe(requests)}{_describe_metadata(extra)}"
+        status, message, reply, trailing = self.send(target, method, requests, self.access.metadata(target) + extra,
+                                                     deadline=gen.deadline)
         self.tally.by_method[name][status] += 1
-        if status != "OK":
-            self.tally.reasons[name][f"{status}: {message[:70]}"] += 1
-        if status not in ACCEPTABLE:
-            self.tally.violation(f"status {status}", f"{example} -> {message}")
-        if status != "OK" and not (0 < len(message) <= MAX_MESSAGE_CHARS
-                                   and not any(leak in message for leak in LEAKS)):
-            self.tally.violation("message", f"{example} -> {status} {message[:200]!r} ({len(message)} chars)")
+        acceptable = ACCEPTABLE | ({"DEADLINE_EXCEEDED"} if _past_limit(extra) else set())
+        self.check_answer(acceptable, status, message, example)
         if write:
             self.record_written(target, method.name, requests, raw, gen)
             self.check_stored(target, method.name, before, status, reply, trailing, example)
         if status == "OK" and reply is not None and method.name in ("Search", "SearchMany"):
             self.check_hits(target, requests[0], reply, raw, example)
+
+    def check_answer(self, acceptable: set[str], status: str, message: str, example: str,
+                     secrets: Iterable[str] = ()) -> None:
+        """The status is one of ``acceptable``; a refusal says why, without internals or ``secrets``."""
+        if status != "OK":
+            self.tally.reasons[example.split(":", 1)[0]][f"{status}: {message[:70]}"] += 1
+        if status not in acceptable:
+            self.tally.violation(f"status {status}", f"{example} -> {message}")
+        if status != "OK" and not (0 < len(message) <= MAX_MESSAGE_CHARS
+                                   and not any(leak in message for leak in (*LEAKS, *secrets))):
+            self.tally.violation("message", f"{example} -> {status} {message[:200]!r} ({len(message)} chars)")
+
+    def probe(self, target: Target, method: d.MethodDescriptor, name: str, write: bool) -> None:
+        """A plausible request with a credential the service must refuse: no token, a malformed,
+        unknown or doubled one, or one whose role is too low (the gateway); a certificate of the
+        cluster that is not the gateway's (the internal services). Nothing may change."""
+        case = self.credential_case(target, method.name)
+        if case is None:
+            return
+        label, metadata, expected, channel = case
+        gen = Generator(self.ctx, self.rng, writes=write)  # admission comes before any check of content
+        requests = [gen.message(method.input_type) for _ in range(2 if method.client_streaming else 1)]
+        before = self.count(target) if write else 0
+        example = f"{name} ({label}): {_describe(requests)}"
+        status, message, reply, trailing = self.send(target, method, requests, metadata, channel)
+        if channel is not None:
+            channel.close()
+        self.tally.probes[name][status] += 1
+        presented = [v.split(" ", 1)[-1] for k, v in metadata if k == "authorization"]
+        self.check_answer({expected}, status, message, example, [p for p in presented if len(p) >= 8])
+        if write:
+            self.record_written(target, method.name, requests, False, gen)
+            self.check_stored(target, method.name, before, status, reply, trailing, example)
+
+    def credential_case(self, target: Target, method: str) -> tuple[str, list, str, grpc.Channel | None] | None:
+        """(what, metadata, the status it must get, a channel of its own or None) of one probe."""
+        rng, access = self.rng, self.access
+        if target.service != "Gateway":
+            if access.stranger is None:
+                return None
+            return "another member's certificate", [], "PERMISSION_DENIED", access.channel(target, access.stranger)
+        if not access.token:
+            return None
+        forged = "ohk_" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+                                  for _ in range(43))
+        cases: list[tuple[str, list[tuple[str, str]], str]] = [
+            ("no token", [], "UNAUTHENTICATED"),
+            ("not Bearer", [("authorization", rng.choice(["Basic dXNlcjpwdw==", "Bearer", "Bearer ", "Token x",
+                                                           access.token]))],
+             "UNAUTHENTICATED"),
+            ("unknown token", [("authorization", f"Bearer {rng.choice([forged, access.token[:-1], 'x' * 2000])}")],
+             "UNAUTHENTICATED"),
+            ("two tokens", rng.sample([("authorization", f"Bearer {access.token}"),
+                                       ("authorization", f"Bearer {forged}")], 2), "UNAUTHENTICATED"),
+        ]
+        need = METHOD_ROLES.get(method, Role.ADMIN)
+        low = [(label, token) for label, token in access.role_tokens.items() if Role.parse(label) < need]
+        if low:
+            label, token = rng.choice(low)
+            cases.append((f"{label} token", [("authorization", f"Bearer {token}")], "PERMISSION_DENIED"))
+        label, metadata, expected = rng.choice(cases)
+        return label, metadata, expected, None
 
     def record_written(self, target: Target, method: str, requests: list, raw: bool, gen: Generator) -> None:
         where = -1 if target.service == "Gateway" else target.shard
@@ -481,11 +666,10 @@ class Fuzzer:
 
     def alive(self, after: str) -> None:
         for target in self.targets:
-            ok = grpc_serving(target.address, timeout=10)
+            ok = grpc_serving(target.address, timeout=10, credentials=self.access.credentials(target))
             if ok and target.service == "Gateway":
                 try:
-                    info = _callable(self.channels[target.address], "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
-                    ok = all(s.healthy for s in info.shards)
+                    ok = all(s.healthy for s in self.info().shards)
                 except grpc.RpcError as err:
                     ok, after = False, f"{after} (Info: {err.code().name})"
             if not ok:
@@ -497,14 +681,15 @@ class Fuzzer:
         for where, ids in self.written.items():
             target = self.targets[0] if where < 0 else next(t for t in self.targets if t.shard == where)
             call = _callable(self.channels[target.address], target.service, "Delete", pb.DeleteResponse)
+            metadata = self.access.metadata(target)
             ordered = sorted(ids)
             for a in range(0, len(ordered), 200):
                 try:
-                    deleted += call(pb.DeleteRequest(ids=ordered[a:a + 200]), timeout=60).deleted
+                    deleted += call(pb.DeleteRequest(ids=ordered[a:a + 200]), timeout=60, metadata=metadata).deleted
                 except grpc.RpcError:  # a batch holding an id the service refuses: one at a time
                     for item_id in ordered[a:a + 200]:
                         with contextlib.suppress(grpc.RpcError):
-                            deleted += call(pb.DeleteRequest(ids=[item_id]), timeout=60).deleted
+                            deleted += call(pb.DeleteRequest(ids=[item_id]), timeout=60, metadata=metadata).deleted
         return deleted
 
 
@@ -516,26 +701,31 @@ def _ids_in(msg: Message) -> set[str]:
 
 # -- the run ------------------------------------------------------------------------------------------
 
-def context_of(gateway: str, prefix: str, real: list[bytes], rng: random.Random) -> Context:
-    with grpc.insecure_channel(gateway, options=CHANNEL_OPTIONS) as channel:
-        info = _callable(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30)
+def context_of(gateway: Target, access: Access, prefix: str, real: list[bytes], rng: random.Random) -> Context:
+    metadata = access.metadata(gateway)
+    with access.channel(gateway) as channel:
+        info = _callable(channel, "Gateway", "Info", pb.InfoResponse)(b"", timeout=30, metadata=metadata)
         search = _callable(channel, "Gateway", "Search", pb.SearchResponse)
-        codes = [search(pb.SearchRequest(image=image, k=5), timeout=60) for image in real[:2]]
+        codes = [search(pb.SearchRequest(image=image, k=5), timeout=60, metadata=metadata) for image in real[:2]]
     stored = sorted({h.id for reply in codes for h in reply.hits})
     return Context(info.model.bits, info.model.version, len(info.model.class_names), stored,
                    *image_pool(real, rng), prefix)
 
 
 def fuzz(gateway: str, shards: list[str], encoder: str | None, calls: int, raw_calls: int, seed: int,
-         prefix: str, split: Split) -> dict[str, object]:
+         prefix: str, split: Split, access: Access | None = None, probes: int = 0) -> dict[str, object]:
+    """``probes``: calls per method with a credential the service must refuse (see Fuzzer.probe)."""
     rng = random.Random(seed)
     real = [r.data for r in split.queries[:: max(1, len(split.queries) // 8)]][:8]
-    ctx = context_of(gateway, prefix, real, rng)
-    fuzzer = Fuzzer(gateway, shards, encoder, ctx, seed)
+    targets = ([Target("Gateway", gateway)] + [Target("IndexShard", a, i) for i, a in enumerate(shards)]
+               + ([Target("Encoder", encoder)] if encoder else []))
+    access = access or Access()
+    ctx = context_of(targets[0], access, prefix, real, rng)
+    fuzzer = Fuzzer(targets, access, ctx, seed)
     try:
         total_before = fuzzer.count(fuzzer.targets[0])
         started = time.monotonic()
-        tally = fuzzer.run(calls, raw_calls)
+        tally = fuzzer.run(calls, raw_calls, probes)
         cleaned = fuzzer.clean_up()
         total_after = fuzzer.count(fuzzer.targets[0])
         if total_after != total_before:
@@ -543,50 +733,74 @@ def fuzz(gateway: str, shards: list[str], encoder: str | None, calls: int, raw_c
     finally:
         fuzzer.close()
     return {"violations": dict(tally.violations), "calls": sum(sum(c.values()) for c in tally.by_method.values()),
-            "by_method": {m: dict(c) for m, c in tally.by_method.items()}, "examples": dict(tally.examples),
+            "by_method": {m: dict(c) for m, c in tally.by_method.items()},
+            "probes": {m: dict(c) for m, c in tally.probes.items()}, "examples": dict(tally.examples),
             "top_refusals": {m: [f"{n} × {text}" for text, n in c.most_common(3)] for m, c in tally.reasons.items()},
             "cleaned_up": cleaned, "seconds": round(time.monotonic() - started, 1), "seed": seed,
-            "bits": ctx.bits, "model_version": ctx.version}
+            "bits": ctx.bits, "model_version": ctx.version, "tls": access.gateway is not None}
 
 
 def print_table(result: dict) -> None:
-    statuses = sorted({s for c in result["by_method"].values() for s in c}, key=lambda s: (s != "OK", s))
-    print(f"{'method':<28}" + "".join(f"{s[:18]:>20}" for s in statuses))
-    for method, counts in result["by_method"].items():
-        print(f"{method:<28}" + "".join(f"{counts.get(s, 0):>20}" for s in statuses))
+    for title, table in (("method", result["by_method"]), ("credential refused", result["probes"])):
+        if not table:
+            continue
+        statuses = sorted({s for c in table.values() for s in c}, key=lambda s: (s != "OK", s))
+        print(f"{title:<28}" + "".join(f"{s[:18]:>20}" for s in statuses))
+        for method, counts in table.items():
+            print(f"{method:<28}" + "".join(f"{counts.get(s, 0):>20}" for s in statuses))
+        print()
     if result["violations"]:
-        print("\nVIOLATIONS")
+        print("VIOLATIONS")
         for kind, n in result["violations"].items():
             print(f"  {kind}: {n}")
             for example in result["examples"][kind]:
                 print(f"    - {example}")
     else:
-        print(f"\nno violations in {result['calls']} calls")
+        probes = sum(sum(c.values()) for c in result["probes"].values())
+        print(f"no violations in {result['calls']} calls and {probes} probes of credentials")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=200, help="generated requests per method (default 200)")
     parser.add_argument("--raw", type=int, default=None, help="mutated-bytes requests per method (default calls / 4)")
-    parser.add_argument("--quick", action="store_true", help="25 calls and 8 raw ones per method")
+    parser.add_argument("--probes", type=int, default=None,
+                        help="calls per method with a credential that must be refused (default calls / 8; "
+                             "with tokens or --stranger-cert only)")
+    parser.add_argument("--quick", action="store_true", help="25 calls, 8 raw ones and 4 probes per method")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", help="a running gateway (plaintext); default: start the local cluster")
+    parser.add_argument("--tls", action="store_true", help="the local cluster with TLS, tokens and mutual TLS inside")
+    parser.add_argument("--target", help="a running gateway; default: start the local cluster")
     parser.add_argument("--shard", action="append", default=[], help="an index shard's address (repeatable)")
     parser.add_argument("--encoder", help="the encoder's address")
+    secured = parser.add_argument_group("a running cluster with TLS (files only: a token is never an argument)")
+    secured.add_argument("--tls-ca", type=Path, help="CA bundle that verifies every service")
+    secured.add_argument("--tls-cert", type=Path, help="a certificate the internal services admit (the gateway's)")
+    secured.add_argument("--tls-key", type=Path, help="its key")
+    secured.add_argument("--token-file", type=Path, help="an admin token (the fuzzer deletes what it wrote)")
+    secured.add_argument("--reader-token-file", type=Path, help="a reader token: probes of too low a role")
+    secured.add_argument("--writer-token-file", type=Path, help="a writer token: probes of too low a role")
+    secured.add_argument("--stranger-cert", type=Path, help="a certificate of the cluster the internal services "
+                                                           "must refuse (probes)")
+    secured.add_argument("--stranger-key", type=Path, help="its key")
     parser.add_argument("--id-prefix", default=f"fuzz-{uuid.uuid4().hex[:8]}/")
     parser.add_argument("--model-repository", type=Path, default=REPO / "model_repository")
     args = parser.parse_args(argv)
     calls, raw_calls = (25, 8) if args.quick else (args.calls, args.raw if args.raw is not None else args.calls // 4)
+    probes = 4 if args.quick and args.probes is None else args.probes if args.probes is not None else calls // 8
     try:
         split = load_split(None)
         if args.target:
-            result = fuzz(args.target, args.shard, args.encoder, calls, raw_calls, args.seed, args.id_prefix, split)
+            result = fuzz(args.target, args.shard, args.encoder, calls, raw_calls, args.seed, args.id_prefix, split,
+                          access_from(args), probes)
         else:
-            with tempfile.TemporaryDirectory() as work, \
-                    Cluster(ClusterConfig(model_repository=args.model_repository, work_dir=Path(work))) as cluster:
-                ingest(cluster.gateway.address, split.database[::20], streams=1)  # stored items to search and get
+            with tempfile.TemporaryDirectory() as work, Cluster(ClusterConfig(
+                    model_repository=args.model_repository, work_dir=Path(work), tls=args.tls)) as cluster:
+                access = access_of(cluster)
+                options = {"ca_file": cluster.security.ca, "token": access.token} if cluster.security else {}
+                ingest(cluster.gateway.address, split.database[::20], streams=1, **options)  # items to search, get
                 result = fuzz(cluster.gateway.address, [s.address for s in cluster.shards], cluster.encoder.address,
-                              calls, raw_calls, args.seed, args.id_prefix, split)
+                              calls, raw_calls, args.seed, args.id_prefix, split, access, probes)
     except Exception:
         traceback.print_exc()
         return 2

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support import REPO
 
 import gateway as gateway_package
 from orbithash.data import Split
@@ -240,3 +243,35 @@ def test_every_write_and_delete_has_an_audit_line_and_no_log_holds_a_token(secur
         assert not any(s in text for s in secrets), f"a token is in {path}"
     state = (secure.config.work_dir / "cluster.json").read_text()
     assert not any(s in state for s in secrets)
+
+
+def test_the_fuzzer_over_tls_finds_every_credential_refused_and_nothing_else(secure: Cluster) -> None:
+    """bench/fuzz.py as a user points it at a secured cluster: hostile requests with the admin token
+    and the gateway's certificate, then probes with missing, malformed, doubled and too-low tokens
+    and with another member's certificate on the internal ports."""
+    assert secure.security is not None and secure.gateway is not None and secure.encoder is not None
+    sec = secure.security
+    me, stranger = sec.identity("gateway"), sec.identity("client")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "fuzz.py"), "--target", secure.gateway.address,
+         "--shard", secure.shards[0].address, "--encoder", secure.encoder.address,
+         "--tls-ca", str(sec.ca), "--tls-cert", str(me.cert), "--tls-key", str(me.key),
+         "--token-file", str(sec.token_files["admin"]), "--reader-token-file", str(sec.token_files["reader"]),
+         "--writer-token-file", str(sec.token_files["writer"]), "--stranger-cert", str(stranger.cert),
+         "--stranger-key", str(stranger.key), "--calls", "4", "--raw", "1", "--probes", "8", "--seed", "5"],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(lines[-1])
+    assert result["violations"] == {}, result["examples"]
+    assert result["tls"] is True
+    gateway = {m: c for m, c in result["probes"].items() if m.startswith("Gateway.")}
+    internal = {m: c for m, c in result["probes"].items() if not m.startswith("Gateway.")}
+    assert set(gateway) == {f"Gateway.{m.name}" for m in pb.DESCRIPTOR.services_by_name["Gateway"].methods}
+    assert len(internal) == len(pb.DESCRIPTOR.services_by_name["IndexShard"].methods) + len(
+        pb.DESCRIPTOR.services_by_name["Encoder"].methods)
+    assert all(sum(c.values()) == 8 for c in result["probes"].values())
+    assert {s for c in gateway.values() for s in c} == {"UNAUTHENTICATED", "PERMISSION_DENIED"}
+    assert {s for c in internal.values() for s in c} == {"PERMISSION_DENIED"}
+    assert sum(c.get("OK", 0) for c in result["by_method"].values()) > len(result["by_method"])  # got through
+    assert done.returncode == 0
