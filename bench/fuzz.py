@@ -176,11 +176,9 @@ def access_from(args: argparse.Namespace) -> Access:
     def read(path: Path | None) -> str | None:
         return path.read_text().strip() if path else None
 
-    if args.token_file and not args.tls_ca:
-        raise SystemExit("fuzz: a token would cross the network in plaintext: give --tls-ca as well")
-    ca = str(args.tls_ca) if args.tls_ca else None
-    if ca is None:
+    if args.tls_ca is None:
         return Access()
+    ca = str(args.tls_ca)
     cert = (str(args.tls_cert), str(args.tls_key)) if args.tls_cert else (None, None)
     stranger = (channel_credentials(ca, str(args.stranger_cert), str(args.stranger_key))
                 if args.stranger_cert else None)
@@ -786,6 +784,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-prefix", default=f"fuzz-{uuid.uuid4().hex[:8]}/")
     parser.add_argument("--model-repository", type=Path, default=REPO / "model_repository")
     args = parser.parse_args(argv)
+    if args.token_file and not args.tls_ca:
+        parser.error("a token would cross the network in plaintext: give --tls-ca as well")
+    if bool(args.tls_cert) != bool(args.tls_key) or bool(args.stranger_cert) != bool(args.stranger_key):
+        parser.error("a certificate needs its key: give --tls-cert with --tls-key, --stranger-cert with --stranger-key")
+    if args.tls and args.target:
+        parser.error("--tls starts the local cluster with TLS; for a running cluster give --tls-ca and the rest")
+    if (args.tls_ca or args.token_file) and not args.target:
+        parser.error("--tls-ca and the files after it are for a running cluster (--target); "
+                     "the local cluster takes --tls")
     calls, raw_calls = (25, 8) if args.quick else (args.calls, args.raw if args.raw is not None else args.calls // 4)
     probes = 4 if args.quick and args.probes is None else args.probes if args.probes is not None else calls // 8
     try:
@@ -801,6 +808,11 @@ def main(argv: list[str] | None = None) -> int:
                 ingest(cluster.gateway.address, split.database[::20], streams=1, **options)  # items to search, get
                 result = fuzz(cluster.gateway.address, [s.address for s in cluster.shards], cluster.encoder.address,
                               calls, raw_calls, args.seed, args.id_prefix, split, access, probes)
+    except grpc.RpcError as err:  # the cluster could not be asked what valid looks like (nothing was fuzzed)
+        hint = {grpc.StatusCode.UNAUTHENTICATED: " (a gateway with tokens needs --tls-ca and --token-file)",
+                grpc.StatusCode.UNAVAILABLE: " (is it running? a TLS gateway needs --tls-ca)"}.get(err.code(), "")
+        print(f"fuzz: the gateway's first calls failed: {err.code().name}: {err.details()}{hint}", file=sys.stderr)
+        return 3
     except Exception:
         traceback.print_exc()
         return 2
