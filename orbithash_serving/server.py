@@ -27,6 +27,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# Servers accept no compressed message (bit set 1: identity only; gRPC answers UNIMPLEMENTED). A
+# kilobyte of gzip inflates to a megabyte before any size limit is checked, so a caller could make
+# a service hold gigabytes for the price of a few hundred kilobytes; and what the services carry
+# (images, hash codes) does not compress anyway.
+NO_COMPRESSION = ("grpc.compression_enabled_algorithms_bitset", 1)
+SERVER_OPTIONS = [*CHANNEL_OPTIONS, NO_COMPRESSION]
 
 # Health of this name answers "is the process responsive" (Kubernetes liveness): SERVING from start
 # to shutdown, whatever the dependencies do. The empty name and the service names answer "send me
@@ -58,7 +64,7 @@ class GrpcServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers),
             interceptors=[ServiceInterceptor(GrpcMetrics(registry), access or internal_access(settings))],
-            options=CHANNEL_OPTIONS,
+            options=SERVER_OPTIONS,
         )
         add_servicers(self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -82,7 +88,7 @@ class GrpcServer:
         """Health checking alone on a plaintext port, for probes that cannot speak TLS."""
         if settings.health_port is None:
             return None, None
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[NO_COMPRESSION])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         if port == 0:
