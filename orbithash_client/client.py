@@ -8,6 +8,7 @@ the dataclasses of :mod:`orbithash_client.types`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -58,9 +59,34 @@ def tls_credentials(ca_file: str | Path | None = None, cert_file: str | Path | N
 
 
 def _is_loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
-    host = host.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """Whether every address ``target`` names is loopback: an IP literal that is, or exactly ``localhost``.
+
+    A name is never trusted for its look (``127.0.0.1.nip.io`` resolves wherever its owner likes).
+    ``ipv4:``/``ipv6:`` targets may list several addresses: all of them must be loopback.
+    """
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
+            break
+    return all(_host_is_loopback(_host_of(address)) for address in target.split(","))
+
+
+def _host_of(address: str) -> str:
+    """The host of ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal."""
+    if address.startswith("["):
+        return address[1:address.find("]")] if "]" in address else address
+    if address.count(":") == 1:
+        return address.split(":", 1)[0]
+    return address  # no port, or a bare IPv6 literal
+
+
+def _host_is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _id_of_bytes(image: bytes) -> str:

@@ -31,3 +31,18 @@ def test_client_certificate_needs_its_key_and_files_must_exist(tmp_path: Path) -
 def test_tls_without_a_ca_file_uses_system_roots() -> None:
     with OrbitHashClient("example.invalid:443", tls=True, token="ohk_x") as client:
         assert isinstance(client._channel, grpc.Channel)
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1.nip.io:50051", "127.attacker.example:50051", "localhost.evil:1",
+                                    "dns:///127.x.example:1", "[::ffff:10.0.0.5]:1", "10.0.0.5",
+                                    "ipv4:127.0.0.1:1,10.0.0.5:1"])
+def test_a_name_that_only_looks_like_loopback_gets_no_plaintext_token(target: str) -> None:
+    with pytest.raises(ValueError, match="plaintext"):
+        OrbitHashClient(target, token="ohk_x")
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:1", "127.8.9.10:1", "localhost:1", "[::1]:1", "::1",
+                                    "ipv4:127.0.0.1:1", "ipv6:[::1]:1", "dns:///localhost:1", "127.0.0.1"])
+def test_loopback_addresses_may_carry_a_plaintext_token(target: str) -> None:
+    with OrbitHashClient(target, token="ohk_x") as client:
+        assert ("authorization", "Bearer ohk_x") in client._metadata
