@@ -18,6 +18,7 @@ UTC) through Pillow.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -90,15 +91,27 @@ def tiff_tags(data: bytes, wanted: frozenset[int]) -> dict[int, tuple]:
 
 
 def _geo_keys(directory: tuple) -> dict[int, int]:
-    """Short-valued GeoKeys (the ones stored in the directory itself)."""
-    keys = {}
-    if len(directory) < 4:
+    """Short-valued GeoKeys (the ones stored in the directory itself).
+
+    The header's key count is not trusted: only the entries the directory holds are read (a crafted
+    count of 4 000 000 000 would otherwise keep a worker busy for hours).
+    """
+    keys: dict[int, int] = {}
+    if len(directory) < 4 or not all(isinstance(v, int) for v in directory):
         return keys
-    for i in range(directory[3]):
+    for i in range(min(directory[3], (len(directory) - 4) // 4)):
         entry = directory[4 + 4 * i: 8 + 4 * i]
-        if len(entry) == 4 and entry[1] == 0:
+        if entry[1] == 0:
             keys[entry[0]] = entry[3]
     return keys
+
+
+def _numbers(tags: dict[int, tuple], tag: int, count: int) -> tuple[float, ...] | None:
+    """The first ``count`` values of ``tag`` when it has that many finite numbers, else None."""
+    values = tags.get(tag, ())
+    if len(values) < count or not all(isinstance(v, int | float) and math.isfinite(v) for v in values[:count]):
+        return None
+    return values[:count]
 
 
 def georeference(data: bytes) -> Embedded:
@@ -112,16 +125,23 @@ def georeference(data: bytes) -> Embedded:
     crs = _crs(keys)
     if crs != f"EPSG:{WGS84}":
         return Embedded(note=f"georeferenced in {crs}: footprint not set (only EPSG:4326 is read)")
-    if IMAGE_WIDTH not in tags or IMAGE_LENGTH not in tags:
+    size = (_numbers(tags, IMAGE_WIDTH, 1) or ()) + (_numbers(tags, IMAGE_LENGTH, 1) or ())
+    if len(size) != 2:
         return Embedded(note="georeferenced, but the image size is missing: footprint not set")
-    width, height = tags[IMAGE_WIDTH][0], tags[IMAGE_LENGTH][0]
+    width, height = size
     if has_tiepoint:
-        i, j, _, x, y, _ = tags[MODEL_TIEPOINT][:6]
-        scale_x, scale_y = tags[MODEL_PIXEL_SCALE][:2]
+        tiepoint, scale = _numbers(tags, MODEL_TIEPOINT, 6), _numbers(tags, MODEL_PIXEL_SCALE, 2)
+        if tiepoint is None or scale is None:
+            return Embedded(note="malformed georeferencing (a tiepoint needs 6 numbers, a pixel scale 2): "
+                                 "footprint not set")
+        i, j, _, x, y, _ = tiepoint
+        scale_x, scale_y = scale
         west, north = x - i * scale_x, y + j * scale_y
     else:
-        matrix = tags[MODEL_TRANSFORMATION]
-        if len(matrix) < 16 or matrix[1] != 0 or matrix[4] != 0:
+        matrix = _numbers(tags, MODEL_TRANSFORMATION, 16)
+        if matrix is None:
+            return Embedded(note="malformed georeferencing (a transformation needs 16 numbers): footprint not set")
+        if matrix[1] != 0 or matrix[4] != 0:
             return Embedded(note="georeferenced by a rotated transformation: footprint not set")
         scale_x, scale_y, west, north = matrix[0], -matrix[5], matrix[3], matrix[7]
     if keys.get(GT_RASTER_TYPE) == RASTER_PIXEL_IS_POINT:
@@ -171,7 +191,10 @@ def exif_time(data: bytes) -> datetime | None:
             zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
         except ValueError:
             zone = UTC
-    return value.replace(tzinfo=zone).astimezone(UTC)
+    try:
+        return value.replace(tzinfo=zone).astimezone(UTC)
+    except OverflowError:
+        return None  # "0001:01:01 00:00:00" at +01:00 falls before the year 1
 
 
 def embedded(data: bytes) -> Embedded:

@@ -141,19 +141,33 @@ class Prepared:
 
 
 def prepare(item: Planned) -> Prepared:
-    """Read one image, check its type and add what the file says about itself."""
+    """Read one image, check its type and add what the file says about itself.
+
+    Whatever goes wrong with this one file (unreadable, a zip member with a bad CRC or encrypted, a
+    header Pillow calls a decompression bomb, a parser's surprise) is a problem named by the file:
+    one hostile image must never stop the run, or a rerun would stop at it again.
+    """
     origin = item.source.origin
     try:
         data = item.source.read()
-    except OSError as exc:
-        return Prepared(problem=Problem(origin, f"cannot be read ({exc.strerror or exc})"))
+    except Exception as exc:  # OSError, BadZipFile, RuntimeError (encrypted), zlib.error, ...
+        return Prepared(problem=Problem(origin, f"cannot be read ({_why(exc)})"))
     if not data:
         return Prepared(problem=Problem(origin, "is empty"))
     if image_type(data) is None:
         return Prepared(problem=Problem(origin, "is not a JPEG, PNG or TIFF image (by its first bytes)"))
-    own = embedded(data)
+    try:
+        own = embedded(data)
+    except Exception as exc:  # DecompressionBombError and whatever else a crafted header causes
+        return Prepared(problem=Problem(origin, f"cannot be inspected ({_why(exc)})"))
     return Prepared(Item(item.id, data, item.label, merge(item.metadata, own.metadata)),
                     note=f"{origin}: {own.note}" if own.note else "")
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Sender:

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from unit.cli.cli_support import image_bytes
 
-from orbithash_cli.geotags import embedded, exif_time, georeference, tiff_tags
+from orbithash_cli.geotags import _geo_keys, embedded, exif_time, georeference, tiff_tags
 
 
 def geotiff(keys: list[int] | None, tiepoint: tuple | None = (0, 0, 0, 10.0, 46.0, 0), scale=(0.01, 0.02, 0),
@@ -104,3 +104,44 @@ def test_embedded_gives_place_and_time() -> None:
     assert plain.metadata.footprint is None
     geo = embedded(geotiff(WGS84))
     assert geo.metadata.acquired is None and geo.metadata.footprint is not None
+
+
+def tiff_with(tags: list[tuple]) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((4, 4), np.uint8), extratags=tags)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("tags", [
+    [(33922, "d", 3, (0.0, 0.0, 0.0), True), (33550, "d", 3, (0.01, 0.01, 0), True)],  # tiepoint of 3 values
+    [(33922, "d", 6, (0, 0, 0, 10.0, 46.0, 0), True), (33550, "d", 1, (0.01,), True)],  # scale of 1 value
+    [(33922, "s", 0, "0,0,0,10,46,0", True), (33550, "d", 3, (0.01, 0.01, 0), True)],   # tiepoint as text
+    [(34264, "s", 0, "a matrix", True)],                                               # transformation as text
+])
+def test_malformed_georeferencing_is_a_note_not_an_exception(tags: list[tuple]) -> None:
+    keys = [(34735, "H", len(WGS84), WGS84, True)]
+    found = georeference(tiff_with(tags + keys))
+    assert found.metadata is None and "malformed" in found.note
+
+
+def test_a_geokey_directory_claiming_billions_of_keys_reads_only_what_it_holds() -> None:
+    import threading
+
+    directory = (*WGS84[:3], 4_000_000_000, *WGS84[4:])
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(keys=_geo_keys(directory)), daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert not worker.is_alive(), "the key count was trusted"
+    assert done["keys"] == {1024: 2, 1025: 1, 2048: 4326}
+    assert _geo_keys(("1", "1", "0", "3")) == {}  # a directory typed as text
+
+
+def test_an_exif_time_whose_offset_leaves_the_calendar_is_no_time() -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769).update({36867: "0001:01:01 00:00:00", 36881: "+01:00"})
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", exif=exif)
+    assert exif_time(buffer.getvalue()) is None
