@@ -15,6 +15,11 @@ files inside folders are counted and left alone; hidden files and folders (a lea
 the ingest journal) and ``__MACOSX/`` are not looked at. Zip files are opened only when named (or
 matched by a pattern), never found by walking a folder. A file named directly that is no image
 or zip is reported as a problem, and so is an id already taken by an earlier file.
+
+Links to folders are followed, each folder once: a link back to a folder above it (a loop) is
+reported and not followed. The same file (or zip member) reached twice — through a link, a glob
+such as ``scenes/**`` that matches folders and their files, or a repeated argument — is taken once,
+under the first id it was found with. A folder that cannot be listed is reported by name.
 """
 
 from __future__ import annotations
@@ -130,6 +135,17 @@ class Problem:
         return f"{self.origin}: {self.reason}"
 
 
+Key = tuple[int, int] | str  # a file or folder by (st_dev, st_ino); by its path when it cannot be stat()ed
+
+
+def _key(path: Path | str) -> Key:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)
+    return (status.st_dev, status.st_ino)
+
+
 @dataclass
 class Found:
     sources: list[Source] = field(default_factory=list)
@@ -137,6 +153,15 @@ class Found:
     roots: list[Path] = field(default_factory=list)  # the folder (or zip) each argument stands for
     ignored: int = 0                                   # files that are not JPEG/PNG/TIFF
     archives: list[_Archive] = field(default_factory=list)
+    seen: set[Key] = field(default_factory=set)        # files, folders and zips taken (each once)
+
+    def first_time(self, key: Key | tuple[Key, str]) -> bool:
+        """True once per file (or zip member, or folder): what a glob, a link or a repeated argument
+        reaches again is the same source, not a second one."""
+        if key in self.seen:
+            return False
+        self.seen.add(key)  # type: ignore[arg-type]
+        return True
 
     def close(self) -> None:
         for archive in self.archives:
@@ -184,20 +209,25 @@ def _is_zip(path: Path) -> bool:
 
 
 def _add(found: Found, path: Path, root: Path, argument: str, direct: bool) -> None:
-    """Add ``path`` (a folder, zip or file) with ids relative to ``root``."""
+    """Add ``path`` (a folder, zip or file) with ids relative to ``root``; what was added before is skipped."""
     if path.is_dir():
         files = sorted((file.relative_to(root).as_posix(), file) for file in _walk(path, found))
-        found.sources.extend(Source(rel, argument, path=file) for rel, file in files)
+        found.sources.extend(Source(rel, argument, path=file) for rel, file in files if found.first_time(_key(file)))
     elif _is_zip(path):
+        key = _key(path)
+        if key in found.seen:
+            return
         try:
             archive = _Archive(path)
         except (OSError, zipfile.BadZipFile) as exc:
             found.problems.append(Problem(str(path), f"cannot open the zip file ({exc})"))
             return
+        found.seen.add(key)
         found.archives.append(archive)
         found.sources.extend(Source(name, argument, archive=archive) for name in archive.names())
     elif is_image_name(path.name):
-        found.sources.append(Source(path.relative_to(root).as_posix(), argument, path=path))
+        if found.first_time(_key(path)):
+            found.sources.append(Source(path.relative_to(root).as_posix(), argument, path=path))
     elif direct:
         found.problems.append(Problem(str(path), "not a JPEG, PNG or TIFF image (by its suffix) nor a zip file"))
     else:
@@ -205,15 +235,39 @@ def _add(found: Found, path: Path, root: Path, argument: str, direct: bool) -> N
 
 
 def _walk(folder: Path, found: Found) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        for name in sorted(filenames):
-            if _hidden(name):
+    """The image files under ``folder``, following links to folders, each folder once.
+
+    A link back to a folder above it (a loop) is reported and not followed; a folder reached again
+    another way (a second link to it, a glob matching it and its parent) is skipped silently, its
+    images already taken; a folder that cannot be listed is reported by name.
+    """
+    if not found.first_time(_key(folder)):
+        return
+    stack: list[tuple[Path, dict[Key, Path]]] = [(folder, {_key(folder): folder})]
+    while stack:
+        current, above = stack.pop()  # above: the folders from the walk's start down to current
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            found.problems.append(Problem(str(current), f"cannot be read ({exc.strerror or exc}): "
+                                                        "the images in it were not looked at"))
+            continue
+        folders = []
+        for entry in entries:
+            if _hidden(entry.name):
                 continue
-            if is_image_name(name):
-                yield Path(dirpath) / name
+            if entry.is_dir():
+                key = _key(entry.path)
+                if key in above:
+                    found.problems.append(Problem(entry.path, f"a link back to {above[key]} (a loop): not followed"))
+                elif found.first_time(key):
+                    folders.append((Path(entry.path), {**above, key: Path(entry.path)}))
+            elif is_image_name(entry.name):
+                yield Path(entry.path)
             else:
                 found.ignored += 1
+        stack.extend(reversed(folders))  # depth first, in name order
 
 
 def check_id(item_id: str) -> str | None:

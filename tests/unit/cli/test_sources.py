@@ -91,3 +91,78 @@ def test_ids_are_checked_as_the_gateway_would() -> None:
     assert "empty" in check_id("")
     assert "257 bytes" in check_id("x" * 257)
     assert check_id("é" * 128) is None and "258 bytes" in check_id("é" * 129)
+
+
+def _discover_within(arguments: list[str], seconds: float = 10.0):
+    """discover(), failing the test instead of hanging when a walk does not end."""
+    import threading
+
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.update(found=discover(arguments)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"walking {arguments} did not end within {seconds} s"
+    return out["found"]
+
+
+def test_a_symbolic_link_loop_is_reported_and_not_followed(tmp_path: Path) -> None:
+    root = tmp_path / "scenes"
+    write_image(root / "loop" / "x.png")
+    (root / "loop" / "again").symlink_to(".")  # loop/again/again/... is loop itself
+    found = _discover_within([str(root)])
+    assert _ids(found) == ["loop/x.png"]
+    assert [p.origin for p in found.problems] == [str(root / "loop" / "again")]
+    assert "loop" in found.problems[0].reason and "not followed" in found.problems[0].reason
+
+
+def test_two_links_to_their_own_folder_end_too(tmp_path: Path) -> None:
+    root = tmp_path / "scenes"
+    write_image(root / "x.png")
+    (root / "l1").symlink_to(".")
+    (root / "l2").symlink_to(".")
+    found = _discover_within([str(root)])
+    assert _ids(found) == ["x.png"]
+    assert sorted(p.origin for p in found.problems) == [str(root / "l1"), str(root / "l2")]
+
+
+def test_a_folder_linked_twice_gives_its_images_once(tmp_path: Path) -> None:
+    root = tmp_path / "scenes"
+    write_image(root / "a" / "x.png")
+    (root / "b").symlink_to("a")
+    (root / "y.png").symlink_to(root / "a" / "x.png")
+    found = _discover_within([str(root)])
+    assert _ids(found) == ["a/x.png"] and not found.problems
+
+
+def test_an_unreadable_subfolder_is_a_problem_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    root = tmp_path / "scenes"
+    write_image(root / "ok" / "a.png")
+    write_image(root / "locked" / "b.png")
+    real_scandir = os.scandir
+
+    def scandir(path):  # as root, chmod 000 does not stop reading: the refusal is simulated
+        if Path(path) == root / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = discover([str(root)])
+    assert _ids(found) == ["ok/a.png"]
+    assert [p.origin for p in found.problems] == [str(root / "locked")]
+    assert "Permission denied" in found.problems[0].reason
+
+
+def test_a_recursive_glob_takes_each_file_once(tmp_path: Path) -> None:
+    write_image(tmp_path / "scenes" / "top.png")
+    write_image(tmp_path / "scenes" / "2024" / "a.png")
+    write_image(tmp_path / "scenes" / "2024" / "deep" / "b.png")
+    found = discover([str(tmp_path / "scenes" / "**")])
+    assert _ids(found) == ["2024/a.png", "2024/deep/b.png", "top.png"] and not found.problems
+    archive = tmp_path / "z.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("m.png", image_bytes())
+    twice = discover([str(archive), str(archive)])
+    assert _ids(twice) == ["m.png"] and not twice.problems
+    twice.close()
