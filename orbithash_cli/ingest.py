@@ -21,14 +21,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from orbithash_cli import INCOMPLETE, INTERRUPTED, OK, CliError, GatewayUnreachable, UsageError
+from orbithash_cli import INCOMPLETE, INTERRUPTED, OK, USAGE, CliError, GatewayUnreachable, UsageError
 from orbithash_cli.geotags import embedded
 from orbithash_cli.journal import Journal, default_path
 from orbithash_cli.remote import REFUSED, UNREACHABLE, cli_error
 from orbithash_cli.scenes import merge
 from orbithash_cli.sidecar import Sidecar, load_sidecars
 from orbithash_cli.sources import Found, Problem, Source, check_id, discover, image_type
-from orbithash_client import Info, IngestSummary, Item, Metadata, OrbitHashClient
+from orbithash_client import DeadlineExceeded, Info, IngestSummary, Item, Metadata, OrbitHashClient
 
 _SHOWN = 20  # problems listed by name in the summary (all of them with --json)
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 8.0
@@ -66,8 +66,8 @@ class Report:
     failed_sending: int = 0              # problems met while sending (the others were known before)
     notes: list[str] = field(default_factory=list)
     stopped: str = ""                    # why the run ended before sending everything
+    stopped_code: int = OK               # the exit code of the error that stopped it (OK: none did)
     interrupted: bool = False
-    unreachable: bool = False
     seconds: float = 0.0
     journal: str = ""
 
@@ -75,9 +75,18 @@ class Report:
     def not_sent(self) -> int:
         return self.to_send - self.stored - self.failed_sending
 
+    @property
+    def unreachable(self) -> bool:
+        return self.stopped_code == GatewayUnreachable.exit_code
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the same command again would send the rest (not when credentials or usage are wrong)."""
+        return self.stopped_code != USAGE and (self.interrupted or self.unreachable or self.not_sent > 0)
+
     def exit_code(self) -> int:
-        if self.unreachable:
-            return GatewayUnreachable.exit_code
+        if self.stopped_code not in (OK, INCOMPLETE):  # unreachable (3), denied or refused as it is (2)
+            return self.stopped_code
         if self.interrupted:
             return INTERRUPTED
         return INCOMPLETE if self.problems or self.stopped or self.not_sent else OK
@@ -218,7 +227,7 @@ class Sender:
             self._bar.close()
             self.report.seconds = time.monotonic() - started
         if self._fatal is not None:
-            self.report.unreachable = isinstance(self._fatal, GatewayUnreachable)
+            self.report.stopped_code = self._fatal.exit_code
             self.report.stopped = str(self._fatal)
 
     def _worker(self, work: queue.Queue) -> None:
@@ -276,6 +285,11 @@ class Sender:
         while True:
             try:
                 return self.client.ingest(items, batch_size=len(items), timeout=self.options.timeout_s)
+            except DeadlineExceeded as exc:  # the gateway answers, too slowly: waiting longer will not help
+                raise GatewayUnreachable(
+                    f"a batch of {len(items)} image(s) was not acknowledged within --timeout "
+                    f"{self.options.timeout_s:g} s ({exc.message}): the gateway is slow or the batch too large; "
+                    "raise --timeout or lower --batch/--batch-mb, then rerun to resume") from exc
             except UNREACHABLE as exc:
                 if time.monotonic() + delay > deadline or self._stop.is_set():
                     raise GatewayUnreachable(f"the cluster at {self.client.target} stopped answering ingest calls "
@@ -395,7 +409,7 @@ def _summary(report: Report, as_json: bool) -> None:
         print(f"{len(report.notes)} note(s), e.g. {report.notes[0]}", file=out)
     if report.stopped:
         print(f"stopped: {report.stopped}", file=out)
-    if report.interrupted or report.unreachable or report.not_sent:
+    if report.resumable:
         print(f"rerun the same command to send the rest (journal {report.journal})", file=out)
     if as_json:
         print(json.dumps(report.as_dict()))

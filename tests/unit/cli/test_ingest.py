@@ -260,3 +260,46 @@ def test_what_was_not_sent_is_counted_apart_from_what_failed(tmp_path: Path, cli
     # 8 found: loose.png refused before sending, 7 sent for; empty.png fails while sending
     assert summary["found"] == 8 and summary["sent"] == 7 and summary["failed"] == 2
     assert summary["stored"] + summary["not_sent"] + 1 == 7
+
+
+def test_an_ingest_the_gateway_denies_exits_2_without_rerun_advice(tmp_path: Path, client: FakeClient, run,
+                                                                   capsys) -> None:
+    import grpc
+
+    from orbithash_client import PermissionDenied
+
+    root = tmp_path / "scenes"
+    _tree(root, 3)
+
+    def deny(items, **kw):
+        raise PermissionDenied("the role 'reader' may not call Ingest", grpc.StatusCode.PERMISSION_DENIED)
+
+    client.ingest = deny  # type: ignore[method-assign]
+    assert run("ingest", str(root), "--quiet", "--json") == 2
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["exit_code"] == 2 and "PERMISSION_DENIED" in summary["stopped"]
+    assert "rerun the same command" not in out
+
+
+def test_a_batch_past_its_deadline_is_reported_as_such_not_retried_as_an_outage(tmp_path: Path, client: FakeClient,
+                                                                                run, capsys) -> None:
+    import grpc
+
+    from orbithash_client import DeadlineExceeded
+
+    root = tmp_path / "scenes"
+    _tree(root, 2)
+    attempts = []
+
+    def slow(items, **kw):
+        attempts.append(kw.get("timeout"))
+        raise DeadlineExceeded("Deadline Exceeded", grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    client.ingest = slow  # type: ignore[method-assign]
+    started = time.monotonic()
+    assert run("ingest", str(root), "--timeout", "7", "--retry-s", "30", "--quiet", "--json") == 3
+    summary = _summary(capsys)
+    assert attempts == [7] and time.monotonic() - started < 5
+    assert "7 s" in summary["stopped"] and "--timeout" in summary["stopped"]
+    assert "stopped answering" not in summary["stopped"]
