@@ -361,7 +361,7 @@ def command(args: argparse.Namespace, connect: Callable[[str | None], OrbitHashC
         client = connect(args.gateway)
         try:
             info = client.info()
-            with Journal.open(journal_path, about, restart=args.restart) as journal:
+            with Journal.open(journal_path, {"gateway": client.target, **about}, restart=args.restart) as journal:
                 report = Report(journal=str(journal_path))
                 items = plan(found, sidecar, info, options, journal.done, report)
                 _say_plan(report, journal, found, sidecar)

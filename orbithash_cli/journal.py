@@ -10,7 +10,9 @@ replaces by id, so that creates no duplicate.
 
 By default the journal lives in a ``.orbithash-journal/`` folder beside the first root, one file
 per set of roots and id prefix (``<first-root-name>-<12 hex>.jsonl``): the same command resumes,
-a different one starts its own journal.
+a different one starts its own journal. The header records the gateway, roots and id prefix; a
+journal opened for another is refused (its ids say nothing about what that cluster holds), and a
+file that is not a journal is never overwritten.
 """
 
 from __future__ import annotations
@@ -52,11 +54,19 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path, about: dict, restart: bool = False) -> Journal:
-        """Read ``path`` (creating it and its folder when missing); ``restart`` empties it first."""
+        """Read ``path`` (creating it and its folder when missing); ``restart`` empties it first.
+
+        ``about`` says what this run is (gateway, roots, id prefix): a journal written for another
+        is refused, since its ids say nothing about what that cluster holds. A file that is not a
+        journal is never overwritten, even by ``restart``.
+        """
         done: set[str] = set()
         keep, torn, header = 0, False, {}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not _may_be_journal(path):
+                raise UsageError(f"{path} is not an OrbitHash ingest journal: it is left as it is; "
+                                 "give another --journal PATH")
             if not restart and path.exists():
                 done, keep, torn, header = read(path)
             if keep == 0:  # new, emptied (restart), or torn inside its header line
@@ -66,6 +76,7 @@ class Journal:
                 return cls(path, header, set(), torn=False)
             if header.get("format") != FORMAT:
                 raise UsageError(f"{path} is not an OrbitHash ingest journal")
+            _check_same_run(path, header, about)
             if torn:
                 with open(path, "r+b") as f:
                     f.truncate(keep)
@@ -116,6 +127,32 @@ def read(path: Path) -> tuple[set[str], int, bool, dict]:
         elif isinstance(value, str):
             done.add(value)
     return done, whole, whole < len(data), header
+
+
+_HEADER_START = json.dumps({"format": FORMAT}).encode()[:-1]  # b'{"format": "orbithash-ingest-journal"'
+
+
+def _may_be_journal(path: Path) -> bool:
+    """Empty, or beginning like a journal's header (whole, or torn by a crash while it was written)."""
+    with open(path, "rb") as f:
+        start = f.read(len(_HEADER_START))
+    return start == _HEADER_START or _HEADER_START.startswith(start)
+
+
+def _check_same_run(path: Path, header: dict, about: dict) -> None:
+    """Refuse a journal written for another gateway, other roots or another id prefix.
+
+    A key the header lacks (a journal written before it was recorded) is not checked.
+    """
+    for key, ours in about.items():
+        if key in header and header[key] != ours:
+            raise UsageError(f"the journal {path} was written for {key} {_shown(header[key])}, this run's is "
+                             f"{_shown(ours)}: add --restart to start it afresh (everything is sent again), "
+                             "or give another --journal PATH")
+
+
+def _shown(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else repr(value)
 
 
 def _replace(path: Path, data: bytes) -> None:

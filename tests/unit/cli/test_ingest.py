@@ -303,3 +303,18 @@ def test_a_batch_past_its_deadline_is_reported_as_such_not_retried_as_an_outage(
     assert attempts == [7] and time.monotonic() - started < 5
     assert "7 s" in summary["stopped"] and "--timeout" in summary["stopped"]
     assert "stopped answering" not in summary["stopped"]
+
+
+def test_the_same_command_against_another_cluster_is_refused_not_skipped(tmp_path: Path, client: FakeClient, run,
+                                                                          capsys) -> None:
+    root = tmp_path / "scenes"
+    names = _tree(root, 2)
+    assert run("ingest", str(root), "--quiet") == 0
+    client.target, client.stored = "ground-b:50051", {}  # another cluster, empty
+    client.calls.clear()
+    assert run("ingest", str(root), "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "'fake:1'" in err and "'ground-b:50051'" in err and "--restart" in err
+    assert _sent_ids(client) == []
+    assert run("ingest", str(root), "--quiet", "--restart") == 0
+    assert sorted(client.stored) == names

@@ -81,3 +81,31 @@ def test_the_default_journal_sits_beside_the_first_root_one_per_command(tmp_path
     assert default_path([root], "") == path
     assert default_path([root], "station-a/") != path
     assert default_path([root, tmp_path / "more"], "") != path
+
+
+def test_a_journal_of_another_gateway_roots_or_prefix_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.jsonl"
+    mine = {**ABOUT, "gateway": "ground-a:50051"}
+    with Journal.open(path, mine) as journal:
+        journal.record(["a"])
+    for key, other in (("gateway", "ground-b:50051"), ("roots", ["/data/other"]), ("id_prefix", "st-b/")):
+        with pytest.raises(UsageError) as refused:
+            Journal.open(path, {**mine, key: other})
+        message = str(refused.value)
+        for value in (mine[key], other):
+            assert (value[0] if isinstance(value, list) else value) in message
+        assert "--restart" in message
+    assert Journal.open(path, mine).done == {"a"}
+    assert Journal.open(path, {**mine, "gateway": "ground-b:50051"}, restart=True).done == set()
+
+
+def test_a_file_without_a_newline_that_is_no_journal_is_not_overwritten(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my field notes, no newline at the end")
+    for restart in (False, True):
+        with pytest.raises(UsageError, match="not an OrbitHash ingest journal"):
+            Journal.open(notes, ABOUT, restart=restart)
+    assert notes.read_text() == "my field notes, no newline at the end"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert Journal.open(empty, ABOUT).done == set()  # an empty file becomes a journal
