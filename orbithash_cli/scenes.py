@@ -58,7 +58,10 @@ def parse_time(text: str) -> datetime:
         raise ValueProblem(f"{text!r} is not an ISO-8601 time (e.g. 2024-05-01T10:20:00Z)") from exc
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueProblem(f"{text!r} falls outside the years 1..9999 in UTC") from exc
 
 
 def parse_float(text: str, what: str) -> float:

@@ -16,8 +16,9 @@ GeoJSON (``.geojson`` or ``.json``): a FeatureCollection (or one Feature); ``pro
 footprint is its bounding box, the centre the box's middle); ``properties`` ``acquired``,
 ``sensor``, ``platform``, ``source_uri``, ``attr:<name>`` keys or an ``attributes`` object.
 
-Other columns or properties are listed once as ignored. Any unreadable value makes the whole file
-a usage error naming its line (CSV) or feature (GeoJSON): nothing is sent until it is fixed.
+Other columns or properties are listed once as ignored; a column named twice is refused. Any
+unreadable value makes the whole file a usage error naming its line (CSV) or feature (GeoJSON):
+nothing is sent until it is fixed.
 """
 
 from __future__ import annotations
@@ -135,12 +136,27 @@ def _load_csv(path: Path, sidecar: Sidecar) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the metadata sidecar ({exc})") from exc
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in reader.fieldnames or []]
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise UsageError(f"{path}: cannot read the CSV sidecar's header ({exc})") from exc
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise UsageError(f"{path}: column(s) repeated in the header: {', '.join(repeated)} "
+                         "(each may appear once; which one was meant cannot be told)")
     if "id" not in header and "path" not in header:
         raise UsageError(f"{path}: the CSV sidecar needs an 'id' or a 'path' column (header: {', '.join(header)})")
     reader.fieldnames = header
     sidecar.ignored.update(h for h in header if h not in CSV_COLUMNS and not h.startswith(ATTR_PREFIX))
-    problems = []
+    problems: list[str] = []
+    try:
+        _read_rows(path, reader, sidecar, problems)
+    except csv.Error as exc:  # a cell over csv's field limit (128 KiB), a NUL byte, ...
+        raise UsageError(f"{path}: cannot read the CSV sidecar at line {reader.line_num + 1} ({exc})") from exc
+    _refuse(path, problems)
+
+
+def _read_rows(path: Path, reader: csv.DictReader, sidecar: Sidecar, problems: list[str]) -> None:
     for row in reader:
         where = f"{path.name} line {reader.line_num}"
         cells = {k: (v or "").strip() for k, v in row.items() if k is not None}
@@ -153,7 +169,6 @@ def _load_csv(path: Path, sidecar: Sidecar) -> None:
             _add(sidecar, path, cells.get("id", ""), cells.get("path", ""), metadata, where)
         except ValueProblem as exc:
             problems.append(f"line {reader.line_num}: {exc}")
-    _refuse(path, problems)
 
 
 def _csv_metadata(cells: dict[str, str]) -> Metadata:
@@ -183,6 +198,8 @@ def _load_geojson(path: Path, sidecar: Sidecar) -> None:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the GeoJSON sidecar ({exc})") from exc
+    except RecursionError as exc:
+        raise UsageError(f"{path}: cannot read the GeoJSON sidecar (nested too deeply)") from exc
     if isinstance(document, dict) and document.get("type") == "Feature":
         features = [document]
     elif isinstance(document, dict) and document.get("type") == "FeatureCollection":
@@ -246,12 +263,22 @@ def _geometry(geometry: object) -> tuple[Point | None, tuple[float, float, float
     if kind == "Point":
         return _position(coordinates), None
     if kind == "Polygon":
-        polygons = [coordinates] if isinstance(coordinates, list) else []
+        polygons = [_rings(coordinates, kind)]
     elif kind == "MultiPolygon":
-        polygons = coordinates if isinstance(coordinates, list) else []
+        if not isinstance(coordinates, list):
+            raise ValueProblem(f"the {kind}'s coordinates are not a list of polygons")
+        polygons = [_rings(polygon, kind) for polygon in coordinates]
     else:
         raise ValueProblem(f"geometry type {kind!r}: only Point, Polygon and MultiPolygon are understood")
-    points = [_position(p) for polygon in polygons for ring in polygon[:1] for p in ring]  # outer rings
+    rings = [(number == 0, [_position(p) for p in ring]) for polygon in polygons for number, ring in enumerate(polygon)]
+    points = [p for outer, ring in rings if outer for p in ring]  # holes are checked; the outer rings give the box
     if not points:
         raise ValueProblem(f"the {kind} has no coordinates")
     return None, bounding_box(points)
+
+
+def _rings(polygon: object, kind: str) -> list[list]:
+    """A polygon's rings, each a list (of positions, checked when read)."""
+    if not isinstance(polygon, list) or not polygon or not all(isinstance(ring, list) for ring in polygon):
+        raise ValueProblem(f"the {kind}'s coordinates are not lists of rings of [lon, lat] positions")
+    return polygon

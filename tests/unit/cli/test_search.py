@@ -136,3 +136,8 @@ def test_an_images_root_can_be_a_zip_and_ids_cannot_climb_out(tmp_path: Path) ->
     (tmp_path / "r").mkdir()
     assert ImageRoot(tmp_path / "r").find("../secret.png") is None
     assert ImageRoot(None).find("a") is None
+
+
+def test_a_time_filter_outside_the_calendar_is_a_usage_error(client: FakeClient, run, capsys) -> None:
+    assert run("search", "--id", "a", "--from", "0001-01-01T00:30:00+01:00") == 2
+    assert "outside the years 1..9999" in capsys.readouterr().err

@@ -120,3 +120,50 @@ def test_bad_geojson_names_the_feature(tmp_path: Path) -> None:
         load_sidecars([path])
     with pytest.raises(UsageError, match=r"a \.csv or a \.geojson"):
         load_sidecars([_csv(tmp_path, "", name="meta.txt")])
+
+
+def _feature(geometry: object, **properties: object) -> dict:
+    return {"type": "Feature", "properties": {"id": "a", **properties}, "geometry": geometry}
+
+
+@pytest.mark.parametrize(("geometry", "said"), [
+    ({"type": "Polygon", "coordinates": [5]}, "Polygon"),
+    ({"type": "Polygon", "coordinates": [[5]]}, "position"),
+    ({"type": "Polygon", "coordinates": ["ring"]}, "Polygon"),
+    ({"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]], 7]}, "MultiPolygon"),
+    ({"type": "MultiPolygon", "coordinates": [[7]]}, "MultiPolygon"),
+    ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 1]], {"x": 1}]}, "Polygon"),
+])
+def test_a_malformed_geometry_names_the_feature(tmp_path: Path, geometry: object, said: str) -> None:
+    with pytest.raises(UsageError, match=f"feature 1: .*{said}"):
+        load_sidecars([_geojson(tmp_path, [_feature(geometry)])])
+
+
+def test_geojson_nested_too_deep_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.geojson"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UsageError, match=r"deep\.geojson.*nested too deeply"):
+        load_sidecars([path])
+
+
+def test_a_csv_cell_over_the_field_limit_names_the_file_and_line(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "id,sensor\na,MSI\nb," + "x" * 200_000 + "\n")
+    with pytest.raises(UsageError, match=r"meta\.csv.*line 3"):
+        load_sidecars([path])
+
+
+def test_a_time_the_offset_moves_out_of_the_calendar_is_a_value_problem(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "id,acquired\na,0001-01-01T00:30:00+01:00\n")
+    with pytest.raises(UsageError, match=r"line 2: .*0001-01-01T00:30:00"):
+        load_sidecars([path])
+    with pytest.raises(UsageError, match=r"feature 1: .*0001-01-01T00:30:00"):
+        load_sidecars([_geojson(tmp_path, [_feature(None, acquired="0001-01-01T00:30:00+01:00")])])
+
+
+def test_duplicated_csv_columns_are_refused_by_name(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "id,sensor,lat,sensor,lon,lat\na,MSI,10,PAN,20,11\n")
+    with pytest.raises(UsageError, match="repeated in the header: lat, sensor "):
+        load_sidecars([path])
+    spaced = _csv(tmp_path, "id, sensor,sensor \na,MSI,PAN\n", name="spaced.csv")
+    with pytest.raises(UsageError, match=r"repeated.*: sensor "):
+        load_sidecars([spaced])
