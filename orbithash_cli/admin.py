@@ -21,10 +21,16 @@ def read_ids(args: argparse.Namespace) -> list[str]:
     """Ids from the command line, then from ``--ids-from FILE`` (one per line, ``-``: standard input)."""
     ids = list(args.ids or [])
     if args.ids_from:
+        name = "standard input" if args.ids_from == "-" else args.ids_from
         try:
-            text = sys.stdin.read() if args.ids_from == "-" else Path(args.ids_from).read_text(encoding="utf-8")
+            data = sys.stdin.buffer.read() if args.ids_from == "-" else Path(args.ids_from).read_bytes()
+            text = data.decode("utf-8")
         except OSError as exc:
-            raise UsageError(f"--ids-from {args.ids_from}: {exc.strerror or exc}") from exc
+            raise UsageError(f"--ids-from {name}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise UsageError(f"--ids-from {name}: line {line} is not UTF-8 (byte {data[exc.start]:#04x}); "
+                             "ids are UTF-8 text, one per line") from exc
         ids += [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise UsageError("give at least one id")
@@ -69,7 +75,11 @@ def delete_command(args: argparse.Namespace, connect: Connect) -> int:
     try:
         if not args.yes:
             shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-            answer = input(f"delete {len(ids)} item(s) ({shown}) from {client.target}? [y/N] ")
+            try:
+                answer = input(f"delete {len(ids)} item(s) ({shown}) from {client.target}? [y/N] ")
+            except EOFError:  # Ctrl-D: no answer is a no
+                answer = ""
+                print(file=sys.stderr)
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted", file=sys.stderr)
                 return INCOMPLETE

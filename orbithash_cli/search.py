@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
@@ -87,8 +88,12 @@ def resolve_label(text: str | None, info: Info) -> int | None:
     names = info.model.class_names
     if text in names:
         return names.index(text)
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
+    try:
+        index = int(text)  # "3", also "٣"; not "²", which isdigit() takes but int() does not
+    except ValueError:
+        index = -1
+    if 0 <= index < len(names):
+        return index
     raise UsageError(f"--label {text!r} is not a class of the served model; classes: {', '.join(names)}")
 
 
@@ -190,6 +195,18 @@ def mosaic_rows(asked: Sequence[Asked], results: Sequence[SearchResult], info: I
     return rows
 
 
+def check_writable(path: Path) -> None:
+    """Refuse a mosaic path that cannot be written before searching, not after the table is printed."""
+    if path.is_dir():
+        raise UsageError(f"--mosaic {path}: is a folder; give the PNG file to write")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # missing folders are created
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if not existing.is_dir() else "cannot be written"
+        raise UsageError(f"--mosaic {path}: {existing} {why}")
+
+
 # -- the command -----------------------------------------------------------------------------------
 
 def command(args: argparse.Namespace, connect: Callable[[str | None], OrbitHashClient]) -> int:
@@ -199,6 +216,8 @@ def command(args: argparse.Namespace, connect: Callable[[str | None], OrbitHashC
         raise UsageError("--radius must be at least 0")
     asked = read_queries(args)
     search_filter = parse_filter(args)
+    if args.mosaic is not None:
+        check_writable(Path(args.mosaic))
     root = ImageRoot(Path(args.images_root) if args.images_root else None, args.id_prefix or "")
     try:
         client = connect(args.gateway)
@@ -220,7 +239,10 @@ def command(args: argparse.Namespace, connect: Callable[[str | None], OrbitHashC
             print("\n\n".join(result_table(a, r, info, args.rerank) for a, r in zip(asked, results, strict=True)))
         if args.mosaic is not None:
             rows = mosaic_rows(asked, results, info, root, stored)
-            width, height = write(rows, Path(args.mosaic))
+            try:
+                width, height = write(rows, Path(args.mosaic))
+            except OSError as exc:
+                raise UsageError(f"--mosaic {args.mosaic}: cannot be written ({exc.strerror or exc})") from exc
             print(f"mosaic {args.mosaic}: {len(rows)} row(s), {width}×{height} px", file=sys.stderr)
     finally:
         root.close()

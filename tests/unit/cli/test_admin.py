@@ -91,3 +91,26 @@ def test_the_gateway_address_comes_from_the_flag_the_environment_or_orbithash_up
     monkeypatch.setenv(commands.GATEWAY_ENV, "gs:1")
     assert commands.resolve_gateway(None) == "gs:1"
     assert commands.resolve_gateway("given:2") == "given:2"
+
+
+def test_ids_that_are_not_utf8_are_a_usage_error(stocked: FakeClient, run, capsys, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"a\n\xff\xfeb\n")
+    assert run("get", "--ids-from", str(ids)) == 2
+    err = capsys.readouterr().err
+    assert str(ids) in err and "UTF-8" in err and "line 2" in err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xffa\n"), encoding="utf-8"))
+    assert run("get", "--ids-from", "-") == 2
+    assert "standard input" in capsys.readouterr().err
+
+
+def test_ctrl_d_at_the_delete_prompt_deletes_nothing(stocked: FakeClient, run, capsys,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def end_of_input(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", end_of_input)
+    assert run("delete", "a") == 1
+    assert "a" in stocked.stored and "nothing deleted" in capsys.readouterr().err

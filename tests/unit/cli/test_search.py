@@ -141,3 +141,22 @@ def test_an_images_root_can_be_a_zip_and_ids_cannot_climb_out(tmp_path: Path) ->
 def test_a_time_filter_outside_the_calendar_is_a_usage_error(client: FakeClient, run, capsys) -> None:
     assert run("search", "--id", "a", "--from", "0001-01-01T00:30:00+01:00") == 2
     assert "outside the years 1..9999" in capsys.readouterr().err
+
+
+def test_a_label_of_digits_int_cannot_read_is_a_usage_error(client: FakeClient, run, capsys) -> None:
+    assert run("search", "--id", "a", "--label", "²") == 2
+    assert "classes: airplane" in capsys.readouterr().err
+    client.stored = {"a": Item("a", b"", 0)}
+    assert run("search", "--id", "a", "--label", "١") == 0  # an Arabic-Indic 1: the class index 1
+    (_, options), = [c[1] for c in client.calls if c[0] == "search_many"]
+    assert options["label"] == 1
+
+
+def test_a_mosaic_that_cannot_be_written_is_refused_before_searching(tmp_path: Path, client: FakeClient, run,
+                                                                    capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert run("search", "--id", "a", "--mosaic", str(blocker / "dir" / "out.png")) == 2
+    assert f"--mosaic {blocker / 'dir' / 'out.png'}" in capsys.readouterr().err
+    assert run("search", "--id", "a", "--mosaic", str(tmp_path)) == 2  # a folder, not a file
+    assert [c for c in client.calls if c[0] == "search_many"] == []
