@@ -11,7 +11,7 @@ from pathlib import Path
 from orbithash_cli import INCOMPLETE, OK, UsageError
 from orbithash_cli.scenes import format_place, format_time, metadata_json
 from orbithash_cli.search import class_name
-from orbithash_cli.table import format_table
+from orbithash_cli.table import format_table, printable
 from orbithash_client import Info, OrbitHashClient, StoredItem
 
 Connect = Callable[[str | None], OrbitHashClient]
@@ -63,7 +63,7 @@ def get_command(args: argparse.Namespace, connect: Connect) -> int:
             print(format_table(["id", "shard", "class", "acquired", "place", "sensor", "platform", "attributes"],
                                rows, right=("shard",)))
         for item_id in missing:
-            print(f"not stored: {item_id}", file=sys.stderr)
+            print(f"not stored: {printable(item_id)}", file=sys.stderr)
     return INCOMPLETE if missing else OK
 
 
@@ -74,7 +74,7 @@ def delete_command(args: argparse.Namespace, connect: Connect) -> int:
     client = connect(args.gateway)
     try:
         if not args.yes:
-            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            shown = ", ".join(map(printable, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
             try:
                 answer = input(f"delete {len(ids)} item(s) ({shown}) from {client.target}? [y/N] ")
             except EOFError:  # Ctrl-D: no answer is a no
@@ -90,7 +90,7 @@ def delete_command(args: argparse.Namespace, connect: Connect) -> int:
     if args.json:
         print(json.dumps({"deleted": deleted, "missing": missing}))
     else:
-        print(f"deleted {deleted} item(s)" + (f"; {len(missing)} not stored: {', '.join(missing[:10])}"
+        print(f"deleted {deleted} item(s)" + (f"; {len(missing)} not stored: {', '.join(map(printable, missing[:10]))}"
                                                 + (" …" if len(missing) > 10 else "") if missing else ""))
     return INCOMPLETE if missing else OK
 
@@ -121,7 +121,7 @@ def info_command(args: argparse.Namespace, connect: Connect) -> int:
         model = info.model
         print(f"model    {model.name} version {model.version}, {model.bits} bits"
               + (f", {model.method}" if model.method else "") + (f" on {model.backbone}" if model.backbone else ""))
-        print(f"classes  {len(model.class_names)}: {', '.join(model.class_names)}")
+        print(f"classes  {len(model.class_names)}: {printable(', '.join(model.class_names))}")
         print(f"items    {info.total} in {len(info.shards)} shard(s)" + ("" if healthy else "  (NOT ALL HEALTHY)"))
         print(format_table(["shard", "address", "items", "health"],
                            [[s.shard, s.address, s.count, "ok" if s.healthy else "UNHEALTHY"] for s in info.shards],

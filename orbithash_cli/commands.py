@@ -94,13 +94,15 @@ def _runner(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         command = getattr(importlib.import_module(f"orbithash_cli.{module}"), function)
         from orbithash_cli.remote import cli_error
+        from orbithash_cli.table import printable
         from orbithash_client import OrbitHashClientError
 
         try:
             return int(command(args, connector(args)))
         except (CliError, OrbitHashClientError) as exc:
             error = cli_error(exc)
-            print(f"orbithash {args.command}: {error}", file=sys.stderr)
+            shown = "\n".join(map(printable, str(error).split("\n")))  # a file's or id's escapes, not its bytes
+            print(f"orbithash {args.command}: {shown}", file=sys.stderr)
             return error.exit_code
         except KeyboardInterrupt:
             print(f"orbithash {args.command}: interrupted", file=sys.stderr)

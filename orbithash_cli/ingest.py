@@ -28,6 +28,7 @@ from orbithash_cli.remote import REFUSED, UNREACHABLE, cli_error
 from orbithash_cli.scenes import merge
 from orbithash_cli.sidecar import Sidecar, load_sidecars
 from orbithash_cli.sources import Found, Problem, Source, check_id, discover, image_type
+from orbithash_cli.table import printable
 from orbithash_client import DeadlineExceeded, Info, IngestSummary, Item, Metadata, OrbitHashClient
 
 _SHOWN = 20  # problems listed by name in the summary (all of them with --json)
@@ -303,7 +304,7 @@ class Sender:
             self.report.problems.append(problem)
             self.report.failed_sending += 1
             self._bar.update(1)
-            self._bar.write(f"failed: {problem}", file=sys.stderr)
+            self._bar.write(f"failed: {printable(problem)}", file=sys.stderr)
         if self.options.on_error == "fail":
             self._halt(CliError(f"stopped at the first bad file (--on-error fail): {problem}"))
 
@@ -393,7 +394,7 @@ def _say_plan(report: Report, journal: Journal, found: Found, sidecar: Sidecar) 
     if unused:
         lines.append(f"metadata: {len(unused)} entr(ies) match no image found, e.g. {', '.join(unused[:3])}")
     for line in lines:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
 
 
 def _summary(report: Report, as_json: bool) -> None:
@@ -402,14 +403,14 @@ def _summary(report: Report, as_json: bool) -> None:
           f"{report.seconds:.1f} s, {report.rate():.1f} images/s; skipped {report.journaled} already journaled; "
           f"{len(report.problems)} failed" + (f"; {report.not_sent} not sent" if report.not_sent else ""), file=out)
     for problem in report.problems[:_SHOWN]:
-        print(f"  failed: {problem}", file=out)
+        print(f"  failed: {printable(problem)}", file=out)
     if len(report.problems) > _SHOWN:
         print(f"  … and {len(report.problems) - _SHOWN} more (all of them with --json)", file=out)
     if report.notes:
-        print(f"{len(report.notes)} note(s), e.g. {report.notes[0]}", file=out)
+        print(f"{len(report.notes)} note(s), e.g. {printable(report.notes[0])}", file=out)
     if report.stopped:
-        print(f"stopped: {report.stopped}", file=out)
+        print(f"stopped: {printable(report.stopped)}", file=out)
     if report.resumable:
-        print(f"rerun the same command to send the rest (journal {report.journal})", file=out)
+        print(f"rerun the same command to send the rest (journal {printable(report.journal)})", file=out)
     if as_json:
         print(json.dumps(report.as_dict()))

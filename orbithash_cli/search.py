@@ -21,7 +21,7 @@ from pathlib import Path
 from orbithash_cli import INCOMPLETE, OK, UsageError
 from orbithash_cli.mosaic import Tile, write
 from orbithash_cli.scenes import ValueProblem, format_place, format_time, metadata_json, parse_box, parse_time
-from orbithash_cli.table import format_table
+from orbithash_cli.table import format_table, printable
 from orbithash_client import Filter, Info, OrbitHashClient, Query, SearchResult, StoredItem
 
 
@@ -119,7 +119,7 @@ def result_json(asked: Asked, result: SearchResult, info: Info) -> dict:
 
 
 def result_table(asked: Asked, result: SearchResult, info: Info, rerank: bool) -> str:
-    head = f"query {asked.name}"
+    head = f"query {printable(asked.name)}"
     if (predicted := _predicted(result)) is not None:
         head += f"  predicted {predicted[0]} ({predicted[1]:.2f})"
     if result.partial:

@@ -68,3 +68,23 @@ def test_each_hostile_image_is_named_and_skipped_and_a_rerun_finishes(tmp_path: 
     assert run(*argv) == 1  # the rerun sends only the bad ones again and finishes too
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["skipped_journaled"] == 6 and again["failed"] == 3 and again["stopped"] == ""
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_on_a_strict_terminal(tmp_path: Path, client: FakeClient,
+                                                                            run,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    root = tmp_path / "scenes"
+    write_image(root / "ok.png")
+    write_image(root / os.fsdecode(b"bad-\xff\x1b[2J.png"))  # its name cannot be an id: reported
+    streams = {name: io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", write_through=True)
+               for name in ("stdout", "stderr")}  # PYTHONIOENCODING=utf-8:strict
+    for name, stream in streams.items():
+        monkeypatch.setattr(sys, name, stream)
+    assert run("ingest", str(root)) == 1
+    shown = {name: stream.buffer.getvalue().decode() for name, stream in streams.items()}
+    assert "bad-\\udcff\\x1b[2J.png: the id is not valid UTF-8" in shown["stdout"]
+    assert "\x1b" not in shown["stdout"] + shown["stderr"]
+    assert sorted(client.stored) == ["ok.png"]
