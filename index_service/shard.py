@@ -20,14 +20,14 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from index_service.store import ShardStore
+from index_service.store import PendingWrite, ShardStore, Unsettled
 from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, ResourceExhausted
 from orbithash.codes import as_code_array, check_ids, check_k, check_labels, rerank_pool, shown
 from orbithash.index import MIH_MIN_ITEMS, HammingIndex, Ranked, rerank_asymmetric
@@ -37,6 +37,7 @@ from orbithash.metadata import decode as decode_metadata
 from orbithash.metadata import encode as encode_metadata
 
 log = logging.getLogger("orbithash.index")
+R = TypeVar("R")
 
 # A write must land in Redis this long before the caller's deadline, so that its reply can still
 # reach the caller in time; later, Redis refuses it (see ShardStore.upsert).
@@ -91,6 +92,7 @@ class Shard:
         self._columns = MetadataColumns()
         self._mirror = ReadWriteLock()  # index + columns change together; a search sees them at one moment
         self._write_lock = threading.Lock()  # writes only: Redis order = mirror order
+        self._pending: tuple[PendingWrite, Callable] | None = None  # an unanswered write and its apply
         self.ready = True  # last answer of probe(): can the shard reach Redis
         self._items = Gauge("orbithash_index_items", "Live items in this shard.", registry=registry)
 
@@ -137,9 +139,15 @@ class Shard:
                 gc.enable()
 
     def probe(self) -> bool:
-        """Ping Redis (the readiness check); the answer is kept in ``ready`` for Stats."""
+        """Ping Redis (the readiness check); the answer is kept in ``ready`` for Stats. An unanswered
+        write is settled here too once Redis answers, so the mirror does not wait for the next write."""
         try:
             self.ready = self._store.ping()
+            if self.ready and self._pending is not None and self._write_lock.acquire(blocking=False):
+                try:
+                    self._settle()
+                finally:
+                    self._write_lock.release()
         except OrbitHashError:
             self.ready = False
         return self.ready
@@ -181,13 +189,44 @@ class Shard:
             thumbs = None if thumbs is None else [thumbs[j] for j in last]
         blobs = [encode_metadata(m) for m in metas]
         limit = not_after(remaining)  # fixed now: time spent waiting for the lock counts too
-        with self._write_lock:
-            slots, replaced = self._store.upsert(ids, packed, lab, limit, blobs, thumbs)
+
+        def apply(reply: tuple[np.ndarray, int]) -> None:
             with self._mirror.write():
-                self._index.put(slots, ids, packed, lab)
-                self._columns.put(slots, metas, blobs)
-            self._items.set(len(self._index))
+                self._index.put(reply[0], ids, packed, lab)
+                self._columns.put(reply[0], metas, blobs)
+
+        _, replaced = self._write(lambda: self._store.upsert(ids, packed, lab, limit, blobs, thumbs), apply)
         return len(ids), replaced
+
+    def _write(self, send: Callable[[], R], apply: Callable[[R], None]) -> R:
+        """Send one write to Redis and apply its answer to the mirror, in Redis's order.
+
+        A write that Redis never answered is settled first (it may have run after its caller was
+        told UNAVAILABLE): without that the mirror would miss it, or keep what it deleted, until
+        the next restart."""
+        with self._write_lock:
+            self._settle()
+            try:
+                reply = send()
+            except Unsettled as exc:
+                self._pending = (exc.pending, apply)
+                raise
+            apply(reply)
+            self._items.set(len(self._index))
+            return reply
+
+    def _settle(self) -> None:
+        """With the write lock held: learn from Redis what became of the unanswered write, if any."""
+        if self._pending is None:
+            return
+        pending, apply = self._pending
+        reply = self._store.settle(pending)
+        self._pending = None
+        if reply is not None:
+            apply(reply)
+            self._items.set(len(self._index))
+        log.warning("shard %d: an unanswered write was %s", self.shard,
+                    "applied by Redis; the mirror now has it" if reply is not None else "not applied by Redis")
 
     @staticmethod
     def _check_count(ids: Sequence[str], values: Sequence[object], what: str) -> None:
@@ -211,27 +250,27 @@ class Shard:
         last = dict(zip(ids, metas, strict=True))  # of a repeated id the last update wins, as in Redis
         blob_of = {i: encode_metadata(m) for i, m in last.items()}
         limit = not_after(remaining)
-        with self._write_lock:
-            updated, missing = self._store.update_metadata(list(blob_of), list(blob_of.values()), limit)
+
+        def apply(reply: tuple[list[str], list[str]]) -> None:
             with self._mirror.write():
-                found = [(i, self._index.slot(i)) for i in updated]
+                found = [(i, self._index.slot(i)) for i in reply[0]]
                 found = [(i, s) for i, s in found if s is not None]
                 self._columns.put([s for _, s in found], [last[i] for i, _ in found], [blob_of[i] for i, _ in found])
-        return updated, missing
+
+        return self._write(lambda: self._store.update_metadata(list(blob_of), list(blob_of.values()), limit), apply)
 
     def delete(self, ids: Sequence[str], remaining: float | None = None) -> tuple[list[str], list[str]]:
-        if not ids:
-            raise InvalidInput("no ids given")
+        self._check_batch(len(ids), "ids")  # one script: a huge one would block Redis for every shard on it
         check_ids(ids)
         limit = not_after(remaining)
-        with self._write_lock:
-            deleted, missing = self._store.delete(ids, limit)
+
+        def apply(reply: tuple[list[str], list[str]]) -> None:
             with self._mirror.write():
-                slots = [self._index.slot(i) for i in deleted]
-                self._index.remove(deleted)
+                slots = [self._index.slot(i) for i in reply[0]]
+                self._index.remove(reply[0])
                 self._columns.remove([s for s in slots if s is not None])
-            self._items.set(len(self._index))
-        return deleted, missing
+
+        return self._write(lambda: self._store.delete(ids, limit), apply)
 
     def search(self, codes: Sequence[bytes], k: int, max_distance: int | None, label: int | None,
                bits: int, model_version: str, u: Sequence[float] = (), candidates: int = 0,

@@ -17,10 +17,12 @@ this class only issues commands and turns Redis failures into OrbitHash errors.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 import redis
@@ -36,6 +38,12 @@ ID_BUCKETS = 65_536  # the first 4 hex digits of the id's SHA-1 name its bucket
 _NAMES = ("meta", "codes", "labels", "free", "next_slot", "metadata", "thumbnails")
 _V1_MAPS = ("slot_to_id", "id_to_slot")  # layout version 1: one big hash per direction (migrated at claim)
 
+# A write's op key holds its reply until the shard's next write (a day at most; see _CHECK_META),
+# then a marker for ten minutes: long enough for any copy of it still buffered in a stalled Redis.
+_REPLY_TTL_MS = 86_400_000
+_MARKER_TTL_MS = 600_000
+_DONE, _SETTLED = "done", "settled"
+
 # The bucket of an id, in every script: ``<namespace>:{shard-N}:ids:<0..65535>``. The prefix is the
 # meta key's (KEYS[1]) without "meta"; all keys share the {shard-N} hash tag.
 _BUCKET = """
@@ -43,11 +51,32 @@ local prefix = string.sub(KEYS[1], 1, -5) .. 'ids:'
 local function bucket(id) return prefix .. tonumber(string.sub(redis.sha1hex(id), 1, 4), 16) end
 """
 
-# Shared by the scripts: KEYS = meta, codes, labels, free, next_slot, metadata, thumbnails;
-# ARGV[1..4] = bits, model_version, code_bytes, not_after. A shard written by another model is
-# refused, and so is a write that reaches Redis after ``not_after`` (Unix time in microseconds by
-# Redis's clock, 0 = no limit): its caller was already told it failed, so it must never land.
-_CHECK_META = _BUCKET + """
+# Shared by the write scripts: KEYS = meta, codes, labels, free, next_slot, metadata, thumbnails,
+# op, previous op; ARGV[1..4] = bits, model_version, code_bytes, not_after.
+#
+# Each write has its own op key. Its reply is kept there (``reply``), so a try the client sends again
+# after a lost reply returns the first try's reply instead of running on top of its effects; a write
+# whose every try went unanswered is settled through the same key (_SETTLE). The previous write of
+# this shard has been answered by now: when this one writes, the previous reply shrinks to a marker
+# that a late copy of it (one still buffered in Redis) reads as "nothing to do". A refused write
+# writes nothing, not even these keys.
+#
+# A shard written by another model is refused, and so is a write that reaches Redis after
+# ``not_after`` (Unix time in microseconds by Redis's clock, 0 = no limit): its caller was already
+# told it failed, so it must never land.
+_CHECK_META = _BUCKET + f"""
+local answered = redis.call('GET', KEYS[8])
+if answered == '{_DONE}' or answered == '{_SETTLED}' then
+  return redis.error_reply('ORBITHASH_SETTLED this write was answered or settled already; nothing more is written')
+elseif answered then
+  return cmsgpack.unpack(answered)
+end
+local function reply(value)
+  if KEYS[9] ~= KEYS[8] then redis.call('SET', KEYS[9], '{_DONE}', 'XX', 'PX', {_MARKER_TTL_MS}) end
+  redis.call('SET', KEYS[8], cmsgpack.pack(value), 'PX', {_REPLY_TTL_MS})
+  return value
+end
+""" + """
 if ARGV[4] ~= '0' then
   local now = redis.call('TIME')
   if tonumber(now[1]) * 1000000 + tonumber(now[2]) > tonumber(ARGV[4]) then
@@ -156,7 +185,7 @@ local function store_blobs(key, first_arg)
 end
 store_blobs(KEYS[6], 6 + n)
 store_blobs(KEYS[7], 6 + 2 * n)
-return {existing, table.concat(out)}
+return reply({existing, table.concat(out)})
 """
 
 # ARGV[5..] = distinct ids. Returns one 0/1 per id (1 = deleted).
@@ -168,10 +197,10 @@ for i = 5, #ARGV do
   local b = bucket(id)
   local slot = redis.call('HGET', b, id)
   if slot then
-    redis.call('HDEL', b, id)
     -- Blank the slot so that nothing read from the strings can bring the item back.
     redis.call('SETRANGE', KEYS[2], tonumber(slot) * cb, zero)
     redis.call('SETRANGE', KEYS[3], tonumber(slot) * 4, none)
+    redis.call('HDEL', b, id)
     redis.call('RPUSH', KEYS[4], slot)
     redis.call('HDEL', KEYS[6], id)
     redis.call('HDEL', KEYS[7], id)
@@ -180,7 +209,7 @@ for i = 5, #ARGV do
     out[#out + 1] = 0
   end
 end
-return out
+return reply(out)
 """
 
 # ARGV[5..4+n] = distinct ids, ARGV[5+n..4+2n] = their metadata blobs ('' = none). Only stored ids
@@ -200,7 +229,21 @@ for i = 1, n do
     out[i] = 0
   end
 end
-return out
+return reply(out)
+"""
+
+# KEYS[1] = the op key of a write whose every try went unanswered. Returns {1, its reply} when it
+# ran, else {0} after marking it so that it never will. Safe to send again: it changes nothing
+# the second time.
+_SETTLE = f"""
+local answered = redis.call('GET', KEYS[1])
+if not answered then
+  redis.call('SET', KEYS[1], '{_SETTLED}', 'PX', {_MARKER_TTL_MS})
+  return {{0}}
+elseif answered == '{_SETTLED}' or answered == '{_DONE}' then
+  return {{0}}
+end
+return {{1, cmsgpack.unpack(answered)}}
 """
 
 # Same KEYS/ARGV as _CHECK_META. Returns {'ok'} or {'mismatch', bits, model_version, items}.
@@ -272,6 +315,27 @@ _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutO
                 redis.exceptions.TryAgainError)
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PendingWrite(Generic[R]):
+    """A write whose every try went unanswered: Redis may have run it, or may run it yet.
+    :meth:`ShardStore.settle` finds out, and ``parse`` turns the reply it finds into the write's result."""
+
+    op_key: str
+    parse: Callable[[list], R]
+
+
+class Unsettled(Unavailable):
+    """Redis did not answer a write (every try timed out or lost its connection): it may have been
+    applied. ``pending`` is what :meth:`ShardStore.settle` needs to find out."""
+
+    def __init__(self, message: str, pending: PendingWrite) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
 class Loaded(NamedTuple):
     """Every live item of a shard, by slot (see :meth:`ShardStore.load`)."""
 
@@ -280,6 +344,11 @@ class Loaded(NamedTuple):
     codes: np.ndarray  # (n, code_bytes) uint8
     labels: np.ndarray  # int32
     metadata: list[bytes]  # ``orbithash.metadata.encode`` blobs, b"" where an item has none
+
+
+def _split(ids: list[str], flags: list[int]) -> tuple[list[str], list[str]]:
+    """(ids whose flag is set, the others), as a script's one-flag-per-id reply says."""
+    return ([i for i, f in zip(ids, flags, strict=True) if f], [i for i, f in zip(ids, flags, strict=True) if not f])
 
 
 def _blobs(values: Sequence[bytes] | None, n: int, what: str) -> list[bytes]:
@@ -311,6 +380,8 @@ class ShardStore:
         self.code_bytes = _code_bytes(bits)
         self.namespace = namespace
         prefix = f"{namespace}:{{shard-{shard}}}"
+        self._op_prefix = f"{prefix}:op:"
+        self._answered: str | None = None  # op key of the last write Redis answered (see _CHECK_META)
         self.keys = {name: f"{prefix}:{name}" for name in _NAMES}
         self._key_list = list(self.keys.values())
         self._meta_args = [str(bits), model_version, str(self.code_bytes)]
@@ -322,6 +393,7 @@ class ShardStore:
         self._v1_keys = [f"{prefix}:{name}" for name in _V1_MAPS]
         self._update_metadata = client.register_script(_UPDATE_METADATA)
         self._scan_blobs = client.register_script(_SCAN_BLOBS)
+        self._settle = client.register_script(_SETTLE)
 
     @contextmanager
     def _redis(self, action: str) -> Iterator[None]:
@@ -341,6 +413,30 @@ class ShardStore:
             if "ORBITHASH_INVALID" in text:
                 raise InvalidInput(f"shard {self.shard}: {text.split('ORBITHASH_INVALID', 1)[1].strip()}") from exc
             raise
+
+    def _write(self, action: str, script: Callable[..., list], args: list, parse: Callable[[list], R]) -> R:
+        """Run a write script under a fresh op key, so that a try sent again after a lost reply gets
+        the first try's reply (see _CHECK_META). When no try is answered, :class:`Unsettled` carries
+        what :meth:`settle` needs; the caller must settle it before its next write."""
+        op = self._op_prefix + secrets.token_hex(8)
+        try:
+            with self._redis(action):
+                reply = script(keys=[*self._key_list, op, self._answered or op], args=args)
+        except Unavailable as exc:
+            if isinstance(exc.__cause__, redis.ConnectionError | redis.TimeoutError):
+                raise Unsettled(f"{exc}; it may have been applied, and the shard will find out from Redis",
+                                PendingWrite(op, parse)) from exc.__cause__
+            raise
+        self._answered = op
+        return parse(reply)
+
+    def settle(self, pending: PendingWrite[R]) -> R | None:
+        """What became of a write that was never answered: its result if Redis ran it, else None;
+        either way Redis will not run it later. Raises :class:`Unavailable` while Redis is away."""
+        with self._redis("settling an unanswered write"):
+            reply = self._settle(keys=[pending.op_key])
+        self._answered = pending.op_key
+        return pending.parse(reply[1]) if reply[0] else None
 
     def claim(self) -> None:
         """Bind the shard's keys to this model; refuse a shard that holds another model's codes.
@@ -386,8 +482,8 @@ class ShardStore:
 
         An id keeps its slot when replaced; a new id takes a freed slot before a new one. If an id
         repeats within the call the last occurrence wins and every occurrence reports its slot.
-        The existing count is of distinct ids. Retrying after a lost reply is safe: it rewrites
-        the same slots (the existing count then includes the ids written by the first try).
+        The existing count is of distinct ids. A try sent again after a lost reply gets the first
+        try's reply (see :meth:`_write`).
         """
         n = len(ids)
         codes = np.ascontiguousarray(as_code_array(codes, self.bits, n=n))
@@ -396,11 +492,12 @@ class ShardStore:
         blobs, thumbs = _blobs(metadata, n, "metadata"), _blobs(thumbnails, n, "thumbnails")
         if n == 0:
             return np.empty(0, np.int64), 0
-        with self._redis("writing items"):
-            existing, packed = self._upsert(keys=self._key_list,
-                                            args=[*self._meta_args, _micros(not_after), codes.tobytes(), label_blob,
-                                                  *encoded, *blobs, *thumbs])
-        return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
+        def parse(reply: list) -> tuple[np.ndarray, int]:
+            existing, packed = reply
+            return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
+
+        return self._write("writing items", self._upsert, [*self._meta_args, _micros(not_after), codes.tobytes(),
+                                                          label_blob, *encoded, *blobs, *thumbs], parse)
 
     def delete(self, ids: Sequence[str], not_after: float | None = None) -> tuple[list[str], list[str]]:
         """Delete items atomically; returns (deleted, missing), each id once, in input order.
@@ -410,11 +507,8 @@ class ShardStore:
         encoded = [item_id.encode() for item_id in distinct]
         if not distinct:
             return [], []
-        with self._redis("deleting items"):
-            flags = self._delete(keys=self._key_list, args=[*self._meta_args, _micros(not_after), *encoded])
-        deleted = [i for i, f in zip(distinct, flags, strict=True) if f]
-        missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
-        return deleted, missing
+        return self._write("deleting items", self._delete, [*self._meta_args, _micros(not_after), *encoded],
+                           lambda flags: _split(distinct, flags))
 
     def update_metadata(self, ids: Sequence[str], metadata: Sequence[bytes], not_after: float | None = None
                         ) -> tuple[list[str], list[str]]:
@@ -427,12 +521,9 @@ class ShardStore:
         if not last:
             return [], []
         distinct = list(last)
-        with self._redis("updating metadata"):
-            flags = self._update_metadata(keys=self._key_list, args=[
-                *self._meta_args, _micros(not_after), *[i.encode() for i in distinct], *last.values()])
-        updated = [i for i, f in zip(distinct, flags, strict=True) if f]
-        missing = [i for i, f in zip(distinct, flags, strict=True) if not f]
-        return updated, missing
+        return self._write("updating metadata", self._update_metadata, [
+            *self._meta_args, _micros(not_after), *[i.encode() for i in distinct], *last.values()],
+            lambda flags: _split(distinct, flags))
 
     def thumbnails(self, ids: Sequence[str]) -> list[bytes]:
         """The stored thumbnail of each id (b"" where none is stored), read when asked for: the

@@ -82,7 +82,8 @@ def test_a_shard_user_reaches_only_its_own_keys_and_commands(redis_server: Redis
         for command in [("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("SCAN", 0),
                         ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE"), ("MONITOR",),
                         ("EVAL", "return 1", 0), ("SCRIPT", "FLUSH"), ("SELECT", 1), ("INFO",),
-                        ("PUBLISH", "c", "m"), ("CLIENT", "LIST"), ("SET", "orbithash:{shard-0}:x", "1")]:
+                        ("PUBLISH", "c", "m"), ("CLIENT", "LIST"),
+                        ("RENAME", "orbithash:{shard-0}:meta", "orbithash:{shard-0}:x")]:
             with pytest.raises(redis.exceptions.NoPermissionError, match="permissions to run"):
                 shard0.execute_command(*command)
         # DEBUG is off for every user (enable-debug-command no); the ACL would refuse it as well.

@@ -13,10 +13,13 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from index_service.redis_connection import redis_clients
+from index_service.settings import IndexSettings
 from index_service.shard import Shard
 from index_service.store import ShardStore, id_bucket_key
 from orbithash import DeadlineExceeded, InvalidInput, ResourceExhausted, Unavailable
 from orbithash.codes import MAX_ID_BYTES
+from orbithash.metadata import SceneMeta
 from orbithash_local.redis_server import RedisServer
 
 BITS = 64
@@ -79,6 +82,8 @@ def test_inputs_are_checked_before_any_write(redis_server: RedisServer, redis_cl
             shard.add(ids, batch, [0, 0], BITS, VERSION)
     with pytest.raises(ResourceExhausted, match="limit 4"):
         shard.add([f"i{i}" for i in range(5)], codes(rng, 5), [0] * 5, BITS, VERSION)
+    with pytest.raises(ResourceExhausted, match="5 ids in one call, limit 4"):  # one script would block Redis
+        shard.delete([f"i{i}" for i in range(5)])
     with pytest.raises(InvalidInput, match="labels"):
         shard.add(["ok", "b"], good, [0, -2], BITS, VERSION)
     with pytest.raises(InvalidInput, match=r"k must be in 1\.\.1000"):
@@ -134,4 +139,108 @@ def test_an_add_holding_an_id_twice_stores_the_last_and_says_so(tmp_path: Path) 
                 ("twice", third, 3), ("kept", fourth, 4), ("new", first, 0)]
             assert [h.id for h in current.search([second], 5, None, None, BITS, VERSION)[0]].count("twice") == 1
     finally:
+        server.stop()
+
+
+def service_shard(server: RedisServer, timeout_s: float) -> Shard:
+    """Shard 0 with the Redis clients the service builds: a command that times out is sent again."""
+    user, password = server.shard_credentials(0)
+    settings = IndexSettings(model_version=VERSION, bits=BITS, redis_url=server.url, redis_username=user,
+                             redis_password_file=str(password), redis_timeout_s=timeout_s, max_batch=64)
+    client, probe = redis_clients(settings)
+    shard = Shard(0, ShardStore(client, 0, BITS, VERSION, probe_client=probe), BITS, VERSION, max_k=100,
+                  max_batch=64, registry=CollectorRegistry())
+    shard.open()
+    return shard
+
+
+def stall(server: RedisServer, seconds: float) -> threading.Thread:
+    """Stop Redis now and let it go on after ``seconds`` (a fork, an fsync, a noisy neighbour)."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    resume = threading.Timer(seconds, os.kill, (server.process.pid, signal.SIGCONT))
+    resume.start()
+    return resume
+
+
+def evalsha_calls(server: RedisServer) -> int:
+    return int(server.client().info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def stored_in_redis(server: RedisServer, item_id: str) -> bool:
+    return bool(server.client().hexists(id_bucket_key("orbithash", 0, item_id), item_id))
+
+
+def test_a_write_sent_again_after_a_lost_reply_is_answered_as_its_first_try(tmp_path: Path) -> None:
+    """Redis stalls past the client's timeout, then runs the first try; the client sends the write
+    again. That second try used to see the first one's effects: a delete answered "missing" (and
+    the mirror kept the item Redis had deleted), an add of new ids answered "replaced". The
+    reply must be the first try's, and the mirror must follow Redis."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        shard = service_shard(server, timeout_s=0.3)
+        rng = np.random.default_rng(4)
+        shard.add(["x", "y"], codes(rng, 2), [0, 1], BITS, VERSION)
+        shard.delete(["absent"])  # every script is loaded in Redis before the stalls
+        shard.update_metadata(["absent"], [SceneMeta()])
+        server.client().config_resetstat()
+        writes = [
+            (lambda: shard.delete(["x"], remaining=10.0), (["x"], [])),
+            (lambda: shard.add(["n1", "n2"], codes(rng, 2), [2, 3], BITS, VERSION, remaining=10.0), (2, 0)),
+            (lambda: shard.update_metadata(["y", "x"], [SceneMeta(sensor="MSI")] * 2, remaining=10.0),
+             (["y"], ["x"])),
+        ]
+        for write, expected in writes:
+            before = evalsha_calls(server)
+            resume = stall(server, 0.5)
+            time.sleep(0.02)
+            try:
+                assert write() == expected
+            finally:
+                resume.join()
+            assert evalsha_calls(server) - before >= 2, "the write was not sent twice: the test proved nothing"
+        assert not stored_in_redis(server, "x") and stored_in_redis(server, "n1")
+        for current in (shard, service_shard(server, timeout_s=5.0)):
+            assert len(current) == 3
+            assert current.get(["x", "y", "n1", "n2"])[1] == ["x"]
+            assert current.get(["y"], with_metadata=True)[0][0].metadata.sensor == "MSI"
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.mark.parametrize("settle", ["probe", "next write"])
+def test_a_write_whose_every_try_timed_out_is_settled_from_redis(tmp_path: Path, settle: str) -> None:
+    """Every try timed out, so the caller is told UNAVAILABLE; then Redis runs what it had buffered.
+    The mirror must learn what Redis did before the next write (or at the next readiness probe),
+    not at the next restart: until then searches missed stored items and found deleted ones."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        shard = service_shard(server, timeout_s=0.2)
+        rng = np.random.default_rng(5)
+        late_code = codes(rng, 1)
+        shard.add(["kept"], codes(rng, 1), [0], BITS, VERSION)
+        shard.delete(["absent"])
+        resume = stall(server, 3.0)  # longer than two writes of three tries of 0.2 s and their backoff
+        try:
+            with pytest.raises(Unavailable):
+                shard.add(["late"], late_code, [1], BITS, VERSION)
+            with pytest.raises(Unavailable):  # Redis is still stopped: settling must wait for it
+                shard.delete(["kept"])
+        finally:
+            resume.join()
+        time.sleep(0.2)  # Redis runs the buffered tries
+        assert stored_in_redis(server, "late"), "the buffered add did not run: the test proved nothing"
+        if settle == "probe":
+            assert shard.probe()
+        else:
+            shard.add(["after"], codes(rng, 1), [2], BITS, VERSION)
+        assert shard.get(["late"])[0][0].code == late_code[0]
+        assert [h.id for h in shard.search(late_code, 1, 0, None, BITS, VERSION)[0]] == ["late"]
+        kept = stored_in_redis(server, "kept")  # the delete's tries may or may not have run by now
+        assert (shard.get(["kept"])[1] == []) == kept
+        reloaded = service_shard(server, timeout_s=5.0)
+        assert sorted(i.id for i in reloaded.get(["kept", "late", "after"])[0]) == sorted(
+            i.id for i in shard.get(["kept", "late", "after"])[0])
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
