@@ -741,13 +741,25 @@ class Gateway:
         groups: dict[int, list[str]] = {}
         for item_id in ids:
             groups.setdefault(self._shard_of(item_id), []).append(item_id)
-        answers, errors = self._fan_out(
-            {shard: partial(self.shards[shard].delete, group) for shard, group in groups.items()},
-            self._budget(remaining))
-        if errors:
-            raise errors[min(errors)]
-        done = [answers[shard] for shard in groups]
-        return DeleteResult(sum(d.deleted for d in done), [i for d in done for i in d.missing])
+        budget = self._budget(remaining)
+        step = self.limits.write_batch  # a shard takes at most its max_batch ids per call
+        deleted = 0
+        missing: dict[int, list[str]] = {shard: [] for shard in sorted(groups)}
+        for start in range(0, max(len(g) for g in groups.values()), step):
+            answers, errors = self._fan_out({shard: partial(self.shards[shard].delete, group[start:start + step])
+                                             for shard, group in groups.items() if start < len(group)}, budget)
+            for shard, done in answers.items():
+                deleted += done.deleted
+                missing[shard] += done.missing
+            if errors:
+                first = min(errors)
+                cause = errors[first]
+                if not deleted or not isinstance(cause, OrbitHashError):
+                    raise cause
+                raise type(cause)(f"deleted {deleted} of {len(ids)} ids for certain; later rounds were not sent "
+                                  f"(shard {first}: {cause}). Deleting is safe to repeat: send the Delete again "
+                                  "to finish") from cause
+        return DeleteResult(deleted, [i for part in missing.values() for i in part])
 
     # -- info --------------------------------------------------------------------------------------
 

@@ -493,6 +493,42 @@ def test_delete_is_grouped_by_shard() -> None:
         c.gateway.delete([], None)
 
 
+def test_a_large_delete_goes_out_in_rounds_of_the_shards_batch() -> None:
+    """A shard refuses more than its max_batch ids in one call (one Lua script blocks its Redis
+    for every shard on it); the gateway sends a large Delete in rounds, as it does ingest's writes."""
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, write_batch=5))
+    stored = fill(c, 40)
+    victims = [*sorted(stored), "never-1", "never-2"]
+    result = c.gateway.delete(victims, None)
+    assert result.deleted == 40 and sorted(result.missing) == ["never-1", "never-2"]
+    for shard in c.shards:
+        mine = [v for v in victims if shard_for(v, 3) == shard.shard]
+        assert [len(call) for call in shard.deleted] == [len(mine[a:a + 5]) for a in range(0, len(mine), 5)]
+        assert [i for call in shard.deleted for i in call] == mine
+    assert stored_count(c) == 0
+
+
+def test_a_shard_failing_mid_delete_is_told_with_what_was_deleted() -> None:
+    c = cluster(limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, write_batch=5))
+    stored = fill(c, 40)
+    calls = 0
+    real = c.shards[1].delete
+
+    def second_round_fails(ids: Sequence[str], timeout: float) -> DeleteResult:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Unavailable("index shard 1: UNAVAILABLE Socket closed")
+        return real(ids, timeout)
+
+    c.shards[1].delete = second_round_fails  # type: ignore[method-assign]
+    with pytest.raises(Unavailable) as raised:
+        c.gateway.delete(sorted(stored), None)
+    gone = 40 - stored_count(c)
+    assert f"deleted {gone} of 40 ids for certain" in str(raised.value)
+    assert "Socket closed" in str(raised.value) and "send the Delete again" in str(raised.value)
+
+
 def test_info_lists_every_shard_and_marks_a_failed_one() -> None:
     c = cluster()
     fill(c, 30)
