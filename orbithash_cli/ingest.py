@@ -27,7 +27,7 @@ from orbithash_cli.journal import Journal, default_path
 from orbithash_cli.remote import REFUSED, UNREACHABLE, cli_error
 from orbithash_cli.scenes import merge
 from orbithash_cli.sidecar import Sidecar, load_sidecars
-from orbithash_cli.sources import Found, Problem, Source, check_id, discover, image_type
+from orbithash_cli.sources import Found, Problem, Source, check_id, discover, image_type, why
 from orbithash_cli.table import printable
 from orbithash_client import DeadlineExceeded, Info, IngestSummary, Item, Metadata, OrbitHashClient
 
@@ -161,7 +161,7 @@ def prepare(item: Planned) -> Prepared:
     try:
         data = item.source.read()
     except Exception as exc:  # OSError, BadZipFile, RuntimeError (encrypted), zlib.error, ...
-        return Prepared(problem=Problem(origin, f"cannot be read ({_why(exc)})"))
+        return Prepared(problem=Problem(origin, f"cannot be read ({why(exc)})"))
     if not data:
         return Prepared(problem=Problem(origin, "is empty"))
     if image_type(data) is None:
@@ -169,15 +169,9 @@ def prepare(item: Planned) -> Prepared:
     try:
         own = embedded(data)
     except Exception as exc:  # DecompressionBombError and whatever else a crafted header causes
-        return Prepared(problem=Problem(origin, f"cannot be inspected ({_why(exc)})"))
+        return Prepared(problem=Problem(origin, f"cannot be inspected ({why(exc)})"))
     return Prepared(Item(item.id, data, item.label, merge(item.metadata, own.metadata)),
                     note=f"{origin}: {own.note}" if own.note else "")
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Sender:

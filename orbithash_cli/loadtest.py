@@ -315,15 +315,23 @@ def cleanup(client, ids: list[str], timeout_s: float = 60.0) -> int:
 
 def load_images(arguments: Sequence[str], limit: int = MAX_IMAGES) -> list[bytes]:
     """The bytes of up to ``limit`` images found under the given files, folders, zip files or globs."""
-    from orbithash_cli.sources import discover
+    from orbithash_cli.sources import discover, why
+    from orbithash_cli.table import printable
 
     found = discover(arguments)
     try:
         for problem in found.problems:
-            print(f"orbithash loadtest: skipping {problem}", file=sys.stderr)
+            print(f"orbithash loadtest: skipping {printable(problem)}", file=sys.stderr)
         sources = found.sources
         step = max(1, len(sources) // limit)  # spread over the set (every class of an ImageFolder tree)
-        return [s.read() for s in sources[::step][:limit]]
+        images = []
+        for source in sources[::step][:limit]:
+            try:
+                images.append(source.read())
+            except Exception as exc:  # OSError, BadZipFile (CRC), RuntimeError (encrypted), ...
+                raise UsageError(f"{source.origin}: cannot be read ({why(exc)}); remove it or "
+                                 "name other images") from exc
+        return images
     finally:
         found.close()
 

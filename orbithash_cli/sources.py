@@ -270,6 +270,13 @@ def _walk(folder: Path, found: Found) -> Iterator[Path]:
         stack.extend(reversed(folders))  # depth first, in name order
 
 
+def why(exc: Exception) -> str:
+    """Why reading or inspecting a file failed, in a few words (an OSError's own, else the type and message)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
 def check_id(item_id: str) -> str | None:
     """Why the gateway would refuse ``item_id``, or None."""
     if not item_id:

@@ -141,3 +141,25 @@ def test_a_run_sends_every_kind_records_errors_by_code_and_reports_what_it_store
     assert not kinds["search-image"]["errors"] and not kinds["ingest"]["errors"]
     assert sorted(result.ingested) == sorted(store) == sorted(ingested)  # seeds and ingests: all to delete
     assert {"t/seed-0", "t/seed-1"} <= set(store) and all(i.startswith("t/") for i in store)
+
+
+def test_an_image_that_cannot_be_read_is_a_usage_error_naming_it(tmp_path) -> None:
+    import zipfile
+
+    from unit.cli.cli_support import image_bytes, write_image
+
+    from orbithash_cli.loadtest import load_images
+
+    write_image(tmp_path / "d" / "a.png")
+    assert load_images([str(tmp_path / "d")]) == [(tmp_path / "d" / "a.png").read_bytes()]
+    (tmp_path / "d" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # vanished before it is read
+    with pytest.raises(UsageError, match=r"gone\.png: cannot be read"):
+        load_images([str(tmp_path / "d")])
+    archive = tmp_path / "z.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("m.png", image_bytes())
+    data = bytearray(archive.read_bytes())
+    data[data.find(b"IHDR") + 20] ^= 0xFF  # a bad CRC
+    archive.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match=r"z\.zip:m\.png: cannot be read .*CRC"):
+        load_images([str(archive)])
