@@ -19,7 +19,8 @@ from orbithash_serving.server import GrpcServer, run_service, service_name
 def build_server(settings: IndexSettings) -> GrpcServer:
     registry = CollectorRegistry()
     client, probe = redis_clients(settings)
-    store = ShardStore(client, settings.shard, settings.bits, settings.model_version, settings.namespace, probe)
+    store = ShardStore(client, settings.shard, settings.bits, settings.model_version, settings.namespace, probe,
+                       max_string_bytes=settings.redis_max_string_mb * 2**20)
     shard = Shard(settings.shard, store, settings.bits, settings.model_version, settings.max_k,
                   settings.max_batch, registry)
     warm_up()

@@ -30,6 +30,10 @@ class IndexSettings(ServiceSettings):
     namespace: str = Field("orbithash", min_length=1, description="Redis key prefix")
     max_k: int = Field(100_000, ge=1, le=10_000_000, description="largest k one search may ask for")
     max_batch: int = Field(1024, ge=1, le=1_000_000, description="most query codes or items in one call")
+    redis_max_string_mb: int = Field(512, ge=1, le=1_000_000, description=(
+        "Redis's proto-max-bulk-len in MiB (its default: 512): the shard's codes sit in one string, so "
+        "this bounds its items (16.7M codes of 256 bits, 67M of 64 bits); a full shard refuses adds "
+        "with RESOURCE_EXHAUSTED before writing anything"))
 
     @model_validator(mode="after")
     def _redis_user_has_password(self) -> IndexSettings:

@@ -27,7 +27,7 @@ from typing import Generic, NamedTuple, TypeVar
 import numpy as np
 import redis
 
-from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, Unavailable
+from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, ResourceExhausted, Unavailable
 from orbithash.bits import code_bytes as _code_bytes
 from orbithash.codes import as_code_array, check_bits, check_ids, check_labels
 
@@ -35,6 +35,7 @@ _BUCKET_CHUNK = 2_048  # id buckets per round trip in load()
 _MIGRATE_CHUNK = 5_000  # entries of a version-1 id map moved per round trip
 _BLOB_CHUNK = 2_000  # metadata entries per HSCAN round trip in load()
 ID_BUCKETS = 65_536  # the first 4 hex digits of the id's SHA-1 name its bucket
+REDIS_MAX_STRING_BYTES = 512 * 2**20  # Redis's default proto-max-bulk-len
 _NAMES = ("meta", "codes", "labels", "free", "next_slot", "metadata", "thumbnails")
 _V1_MAPS = ("slot_to_id", "id_to_slot")  # layout version 1: one big hash per direction (migrated at claim)
 
@@ -94,14 +95,15 @@ end
 local cb = tonumber(ARGV[3])
 """
 
-# ARGV[5] = n codes concatenated, ARGV[6] = n int32 little-endian labels, ARGV[7..6+n] = ids,
-# ARGV[7+n..6+2n] = metadata blobs, ARGV[7+2n..6+3n] = thumbnails ('' = none: a replaced item's is
-# removed). Returns {existing, slots packed as uint32 little-endian}: one bulk string parses fast.
+# ARGV[5] = the most slots the shard may have (its strings' size limit), ARGV[6] = n codes
+# concatenated, ARGV[7] = n int32 little-endian labels, ARGV[8..7+n] = ids, ARGV[8+n..7+2n] =
+# metadata blobs, ARGV[8+2n..7+3n] = thumbnails ('' = none: a replaced item's is removed).
+# Returns {existing, slots packed as uint32 little-endian}: one bulk string parses fast.
 _UPSERT = _CHECK_META + """
-local codes, labels = ARGV[5], ARGV[6]
-local n = (#ARGV - 6) / 3
+local codes, labels = ARGV[6], ARGV[7]
+local n = (#ARGV - 7) / 3
 if n ~= math.floor(n) then
-  return redis.error_reply('ORBITHASH_INVALID ' .. (#ARGV - 6) .. ' arguments after the labels; ids, metadata '
+  return redis.error_reply('ORBITHASH_INVALID ' .. (#ARGV - 7) .. ' arguments after the labels; ids, metadata '
     .. 'and thumbnails come one per item each')
 end
 if #codes ~= n * cb then
@@ -111,10 +113,9 @@ end
 if #labels ~= n * 4 then
   return redis.error_reply('ORBITHASH_INVALID ' .. #labels .. ' label bytes for ' .. n .. ' ids')
 end
--- Validation done: from here on every command is a plain write that cannot fail on its input.
 local slot_of, bucket_of, existing, fresh, existed = {}, {}, 0, {}, {}
 for i = 1, n do
-  local id = ARGV[6 + i]
+  local id = ARGV[7 + i]
   if slot_of[id] == nil then
     local b = bucket(id)
     bucket_of[id] = b
@@ -129,6 +130,14 @@ for i = 1, n do
     end
   end
 end
+-- New slots past the strings' size limit would fail SETRANGE after the counter and buckets moved.
+local grown = #fresh - math.min(#fresh, redis.call('LLEN', KEYS[4]))
+local allocated = tonumber(redis.call('GET', KEYS[5]) or '0')
+if allocated + grown > tonumber(ARGV[5]) then
+  return redis.error_reply('ORBITHASH_FULL shard ' .. string.match(KEYS[1], '{shard%-(%d+)}') .. ' is full: '
+    .. allocated .. ' slots of ' .. ARGV[5] .. ', and this write needs ' .. grown .. ' more')
+end
+-- Validation done: from here on every command is a plain write that cannot fail on its input.
 local reused = {}
 if #fresh > 0 then
   reused = redis.call('RPOP', KEYS[4], #fresh) or {}
@@ -148,9 +157,9 @@ end
 local out = {}
 local i = 1
 while i <= n do
-  local first = slot_of[ARGV[6 + i]]
+  local first = slot_of[ARGV[7 + i]]
   local j = i
-  while j < n and slot_of[ARGV[7 + j]] == first + (j - i + 1) do j = j + 1 end
+  while j < n and slot_of[ARGV[8 + j]] == first + (j - i + 1) do j = j + 1 end
   redis.call('SETRANGE', KEYS[2], first * cb, string.sub(codes, (i - 1) * cb + 1, j * cb))
   redis.call('SETRANGE', KEYS[3], first * 4, string.sub(labels, (i - 1) * 4 + 1, j * 4))
   for s = i, j do out[s] = struct.pack('<I4', first + s - i) end
@@ -160,9 +169,9 @@ end
 -- the replaced item had (a new id has nothing to remove).
 local function store_blobs(key, first_arg)
   local last, set, del = {}, {}, {}
-  for i = 1, n do last[ARGV[6 + i]] = ARGV[first_arg + i] end
+  for i = 1, n do last[ARGV[7 + i]] = ARGV[first_arg + i] end
   for i = 1, n do
-    local id = ARGV[6 + i]
+    local id = ARGV[7 + i]
     local blob = last[id]
     if blob then
       last[id] = nil
@@ -183,8 +192,8 @@ local function store_blobs(key, first_arg)
     end
   end
 end
-store_blobs(KEYS[6], 6 + n)
-store_blobs(KEYS[7], 6 + 2 * n)
+store_blobs(KEYS[6], 7 + n)
+store_blobs(KEYS[7], 7 + 2 * n)
 return reply({existing, table.concat(out)})
 """
 
@@ -364,9 +373,11 @@ class ShardStore:
     """Durable codes, labels, ids, metadata and thumbnails of one shard, written atomically by Lua scripts."""
 
     def __init__(self, client: redis.Redis, shard: int, bits: int, model_version: str,
-                 namespace: str = "orbithash", probe_client: redis.Redis | None = None) -> None:
+                 namespace: str = "orbithash", probe_client: redis.Redis | None = None,
+                 max_string_bytes: int = REDIS_MAX_STRING_BYTES) -> None:
         """``probe_client``: for :meth:`ping`, with a short timeout and no retries, so a stopped
-        Redis is noticed in about a second; ``client`` otherwise."""
+        Redis is noticed in about a second; ``client`` otherwise. ``max_string_bytes``: Redis's
+        ``proto-max-bulk-len``, which bounds the codes and labels strings and so the shard's slots."""
         if client.get_connection_kwargs().get("decode_responses"):
             raise InvalidInput("ShardStore needs a Redis client with decode_responses=False: codes are binary")
         check_bits(bits)
@@ -378,6 +389,7 @@ class ShardStore:
         self.bits = bits
         self.model_version = model_version
         self.code_bytes = _code_bytes(bits)
+        self.max_slots = max_string_bytes // max(self.code_bytes, 4)  # labels take 4 bytes a slot
         self.namespace = namespace
         prefix = f"{namespace}:{{shard-{shard}}}"
         self._op_prefix = f"{prefix}:op:"
@@ -412,7 +424,12 @@ class ShardStore:
                 raise DeadlineExceeded(f"shard {self.shard}: {text.split('ORBITHASH_EXPIRED', 1)[1].strip()}") from exc
             if "ORBITHASH_INVALID" in text:
                 raise InvalidInput(f"shard {self.shard}: {text.split('ORBITHASH_INVALID', 1)[1].strip()}") from exc
-            raise
+            if "ORBITHASH_FULL" in text:
+                raise ResourceExhausted(
+                    f"{text.split('ORBITHASH_FULL', 1)[1].strip()} (Redis keeps a shard's codes in one string, "
+                    f"at most proto-max-bulk-len = {self.max_slots * max(self.code_bytes, 4)} bytes); add "
+                    "shards, or delete items to free slots") from exc
+            raise Unavailable(f"shard {self.shard}: Redis refused {action}: {text}") from exc  # BUSY, NOPERM, ...
 
     def _write(self, action: str, script: Callable[..., list], args: list, parse: Callable[[list], R]) -> R:
         """Run a write script under a fresh op key, so that a try sent again after a lost reply gets
@@ -496,8 +513,9 @@ class ShardStore:
             existing, packed = reply
             return np.frombuffer(packed, "<u4").astype(np.int64), int(existing)
 
-        return self._write("writing items", self._upsert, [*self._meta_args, _micros(not_after), codes.tobytes(),
-                                                          label_blob, *encoded, *blobs, *thumbs], parse)
+        return self._write("writing items", self._upsert, [*self._meta_args, _micros(not_after), self.max_slots,
+                                                          codes.tobytes(), label_blob, *encoded, *blobs, *thumbs],
+                           parse)
 
     def delete(self, ids: Sequence[str], not_after: float | None = None) -> tuple[list[str], list[str]]:
         """Delete items atomically; returns (deleted, missing), each id once, in input order.

@@ -31,8 +31,9 @@ DEFAULT_USER_ACL = "user default off resetpass ~* &* +@all"
 
 # Exactly what ShardStore sends, directly or from its Lua scripts (ACL applies inside scripts too):
 # PING (probe), EVALSHA and SCRIPT LOAD (register_script), MULTI/EXEC (load's pipeline), and the key
-# commands the scripts and load() use (SET: a write's op key, index_service/store.py). AUTH and HELLO need no grant; redis-py's CLIENT SETINFO on
-# connect does not exist in Redis 7.0 and is refused harmlessly by later ones. Deliberately absent:
+# commands the scripts and load() use (SET: a write's op key, index_service/store.py). AUTH and
+# HELLO need no grant; redis-py's CLIENT SETINFO on connect does not exist in Redis 7.0 and is
+# refused harmlessly by later ones. Deliberately absent:
 # EVAL, KEYS, SCAN, FLUSHALL/FLUSHDB, CONFIG, DEBUG, ACL, SHUTDOWN, MONITOR, SELECT, pub/sub, everything else.
 SHARD_COMMANDS = (
     "ping", "evalsha", "script|load", "multi", "exec", "time", "set",

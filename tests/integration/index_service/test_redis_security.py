@@ -16,6 +16,7 @@ from index_service.__main__ import build_server
 from index_service.redis_connection import RedisAccessDenied, redis_clients
 from index_service.settings import IndexSettings
 from index_service.store import ShardStore, id_bucket_key
+from orbithash import Unavailable
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_local.pki import Identity, cluster_pki
@@ -105,8 +106,9 @@ def test_a_real_store_works_as_its_shard_user_with_nothing_refused(redis_server:
     with redis_server.client("shard-1") as shard1:
         exercise(ShardStore(shard1, 1, BITS, VERSION))
     assert admin.acl_log() == [], "the shard's ACL misses a command ShardStore uses"
-    with redis_server.client("shard-0") as shard0, pytest.raises(redis.exceptions.NoPermissionError):
+    with redis_server.client("shard-0") as shard0, pytest.raises(Unavailable, match="no permissions") as refused:
         ShardStore(shard0, 1, BITS, VERSION).claim()  # shard-0's user cannot act as shard 1
+    assert isinstance(refused.value.__cause__, redis.exceptions.NoPermissionError)  # what access_errors names
 
 
 def test_passwords_stay_out_of_argv_and_the_acl_file(redis_server: RedisServer) -> None:

@@ -244,3 +244,38 @@ def test_a_write_whose_every_try_timed_out_is_settled_from_redis(tmp_path: Path,
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
+
+
+def test_a_full_shard_refuses_an_add_before_writing_anything(tmp_path: Path) -> None:
+    """Codes live in one Redis string, which Redis caps at proto-max-bulk-len (512 MiB by default:
+    16.7M codes of 256 bits). The add that crossed it failed half-way: slot counter and id bucket
+    written, the code refused; the reply was INTERNAL, and the shard could never load again."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        server.client().config_set("proto-max-bulk-len", "1mb")  # its minimum: 32,768 codes of 32 bytes
+        client = server.client("shard-0", socket_timeout=30)
+        bits, limit = 256, 2**20
+
+        def shard_on(store_client: redis.Redis) -> Shard:
+            store = ShardStore(store_client, 0, bits, VERSION, max_string_bytes=limit)
+            opened = Shard(0, store, bits, VERSION, max_k=10, max_batch=4096, registry=CollectorRegistry())
+            opened.open()
+            return opened
+
+        shard = shard_on(client)
+        rng = np.random.default_rng(6)
+        room = limit // 32
+        for a in range(0, room, 4096):
+            n = min(4096, room - a)
+            shard.add([f"i{a + j}" for j in range(n)], [bytes(c) for c in rng.integers(0, 256, (n, 32), np.uint8)],
+                      [0] * n, bits, VERSION)
+        before = dict(next_slot=server.client().get("orbithash:{shard-0}:next_slot"))
+        with pytest.raises(ResourceExhausted, match=r"shard 0 is full: 32768 slots of 32768"):
+            shard.add(["one-more", "i1"], [bytes(32), bytes(32)], [0, 0], bits, VERSION)
+        assert dict(next_slot=server.client().get("orbithash:{shard-0}:next_slot")) == before
+        assert not stored_in_redis(server, "one-more") and len(shard) == room
+        assert shard.delete(["i5"]) == (["i5"], [])  # a freed slot takes the next item
+        assert shard.add(["one-more"], [bytes(32)], [0], bits, VERSION) == (1, 0)
+        assert len(shard_on(server.client("shard-0", socket_timeout=30))) == room  # and it still loads
+    finally:
+        server.stop()

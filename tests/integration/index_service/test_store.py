@@ -137,14 +137,15 @@ def test_a_failing_script_writes_nothing(store: ShardStore, redis_client: redis.
     blob = codes_for(rng, 3, 48).tobytes()[:-1]
     labels = np.array([1, 2, 3], "<i4").tobytes()
     keys = [*store._key_list, "orbithash:{shard-0}:op:test", "orbithash:{shard-0}:op:test"]
+    head = [*store._meta_args, "0", store.max_slots]  # the meta check, no deadline, the slot limit
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):
-        store._upsert(keys=keys, args=[*store._meta_args, "0", blob, labels, "c", "b", "d", *[b""] * 6])
+        store._upsert(keys=keys, args=[*head, blob, labels, "c", "b", "d", *[b""] * 6])
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):
         store._upsert(keys=keys,
-                      args=[*store._meta_args, "0", blob + b"\0", labels[:-1], "c", "b", "d", *[b""] * 6])
+                      args=[*head, blob + b"\0", labels[:-1], "c", "b", "d", *[b""] * 6])
     with pytest.raises(redis.ResponseError, match="ORBITHASH_INVALID"):  # a metadata blob short
         store._upsert(keys=keys,
-                      args=[*store._meta_args, "0", blob + b"\0", labels, "c", "b", "d", *[b""] * 5])
+                      args=[*head, blob + b"\0", labels, "c", "b", "d", *[b""] * 5])
     # The public API refuses bad input before Redis sees it.
     with pytest.raises(InvalidInput):
         store.upsert(["c", "d"], codes_for(rng, 2, 64), np.array([1, 2]))
