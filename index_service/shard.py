@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, TypeVar
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from index_service.store import PendingWrite, ShardStore, Unsettled
 from orbithash import DeadlineExceeded, InvalidInput, Mismatch, OrbitHashError, ResourceExhausted
@@ -95,6 +95,9 @@ class Shard:
         self._pending: tuple[PendingWrite, Callable] | None = None  # an unanswered write and its apply
         self.ready = True  # last answer of probe(): can the shard reach Redis
         self._items = Gauge("orbithash_index_items", "Live items in this shard.", registry=registry)
+        self._settled = Counter("orbithash_index_unanswered_writes",
+                                "Writes Redis never answered, settled later: applied (Redis had run them; the "
+                                "mirror caught up) or not (they never will run).", ["outcome"], registry=registry)
 
     def open(self) -> None:
         """Claim the shard's keys and rebuild the mirror from Redis."""
@@ -225,6 +228,7 @@ class Shard:
         if reply is not None:
             apply(reply)
             self._items.set(len(self._index))
+        self._settled.labels("applied" if reply is not None else "not_applied").inc()
         log.warning("shard %d: an unanswered write was %s", self.shard,
                     "applied by Redis; the mirror now has it" if reply is not None else "not applied by Redis")
 

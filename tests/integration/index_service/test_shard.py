@@ -142,14 +142,14 @@ def test_an_add_holding_an_id_twice_stores_the_last_and_says_so(tmp_path: Path) 
         server.stop()
 
 
-def service_shard(server: RedisServer, timeout_s: float) -> Shard:
+def service_shard(server: RedisServer, timeout_s: float, registry: CollectorRegistry | None = None) -> Shard:
     """Shard 0 with the Redis clients the service builds: a command that times out is sent again."""
     user, password = server.shard_credentials(0)
     settings = IndexSettings(model_version=VERSION, bits=BITS, redis_url=server.url, redis_username=user,
                              redis_password_file=str(password), redis_timeout_s=timeout_s, max_batch=64)
     client, probe = redis_clients(settings)
     shard = Shard(0, ShardStore(client, 0, BITS, VERSION, probe_client=probe), BITS, VERSION, max_k=100,
-                  max_batch=64, registry=CollectorRegistry())
+                  max_batch=64, registry=registry or CollectorRegistry())
     shard.open()
     return shard
 
@@ -215,7 +215,8 @@ def test_a_write_whose_every_try_timed_out_is_settled_from_redis(tmp_path: Path,
     not at the next restart: until then searches missed stored items and found deleted ones."""
     server = RedisServer(tmp_path / "redis")
     try:
-        shard = service_shard(server, timeout_s=0.2)
+        registry = CollectorRegistry()
+        shard = service_shard(server, timeout_s=0.2, registry=registry)
         rng = np.random.default_rng(5)
         late_code = codes(rng, 1)
         shard.add(["kept"], codes(rng, 1), [0], BITS, VERSION)
@@ -236,6 +237,7 @@ def test_a_write_whose_every_try_timed_out_is_settled_from_redis(tmp_path: Path,
             shard.add(["after"], codes(rng, 1), [2], BITS, VERSION)
         assert shard.get(["late"])[0][0].code == late_code[0]
         assert [h.id for h in shard.search(late_code, 1, 0, None, BITS, VERSION)[0]] == ["late"]
+        assert registry.get_sample_value("orbithash_index_unanswered_writes_total", {"outcome": "applied"}) == 1
         kept = stored_in_redis(server, "kept")  # the delete's tries may or may not have run by now
         assert (shard.get(["kept"])[1] == []) == kept
         reloaded = service_shard(server, timeout_s=5.0)
