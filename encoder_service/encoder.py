@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from encoder_service.backends import InferenceBackend
 from encoder_service.budget import MemoryBudget
 from encoder_service.thumbnails import check_thumbnail_size, thumbnail
-from orbithash import InvalidInput, ResourceExhausted
+from orbithash import InvalidInput, ResourceExhausted, TritonFailure
 from orbithash.bits import pack_signs
 from orbithash.export.runtime import softmax
 from orbithash.images import (
@@ -143,7 +143,21 @@ class Encoder:
     def _infer(self, chunk: np.ndarray, timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
         self.metrics.batch_size.observe(len(chunk))
         with self.metrics.inference_seconds.time():
-            return self.backend.infer(chunk, timeout)
+            u, logits = self.backend.infer(chunk, timeout)
+        return self._checked(u, logits, len(chunk))
+
+    def _checked(self, u: np.ndarray | None, logits: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's outputs, if they can be ``n`` codes and class scores: a model or server that
+        answers otherwise is a server fault, never a code made up from what it sent."""
+        for name, out in (("code values", u), ("logits", logits)):
+            if out is None:
+                raise TritonFailure(f"the model answered no {name} for {n} images")
+        want_u, want_logits = (n, self.facts.bits), (n, len(self.facts.class_names))
+        if np.shape(u) != want_u or np.shape(logits) != want_logits:
+            raise TritonFailure(f"the model answered {np.shape(u)} code values and {np.shape(logits)} logits for "
+                                f"{n} images; the model's facts say {want_u} and {want_logits} (is the served "
+                                "model the one its facts describe?)")
+        return u, logits
 
     @property
     def facts(self) -> ModelFacts:
@@ -168,6 +182,11 @@ class Encoder:
         else:
             results = list(self._pool.map(lambda c: self._infer(c, left), chunks))
         u = np.concatenate([r[0] for r in results])
-        probs = softmax(np.concatenate([r[1] for r in results]).astype(np.float64)).astype(np.float32)
+        logits = np.concatenate([r[1] for r in results])
+        finite = np.isfinite(u).all(axis=1) & np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            raise TritonFailure(f"the model's output is not finite (NaN or inf) for image "
+                                f"{int(np.argmin(finite))} of {len(images)}; no code was made from it")
+        probs = softmax(logits.astype(np.float64)).astype(np.float32)
         self.metrics.images.inc(len(images))
         return EncodedBatch(pack_signs(u), u, probs, probs.argmax(axis=1), tuple(thumbs))
