@@ -738,9 +738,7 @@ class Gateway:
         if not ids:
             raise InvalidInput("no ids given")
         check_ids(ids)
-        groups: dict[int, list[str]] = {}
-        for item_id in ids:
-            groups.setdefault(self._shard_of(item_id), []).append(item_id)
+        groups = self._group(ids)  # each id once: a repeat in a later round would find it gone, "missing"
         budget = self._budget(remaining)
         step = self.limits.write_batch  # a shard takes at most its max_batch ids per call
         deleted = 0
@@ -756,7 +754,8 @@ class Gateway:
                 cause = errors[first]
                 if not deleted or not isinstance(cause, OrbitHashError):
                     raise cause
-                raise type(cause)(f"deleted {deleted} of {len(ids)} ids for certain; later rounds were not sent "
+                asked = sum(len(g) for g in groups.values())
+                raise type(cause)(f"deleted {deleted} of {asked} ids for certain; later rounds were not sent "
                                   f"(shard {first}: {cause}). Deleting is safe to repeat: send the Delete again "
                                   "to finish") from cause
         return DeleteResult(deleted, [i for part in missing.values() for i in part])

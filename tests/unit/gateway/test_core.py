@@ -209,6 +209,7 @@ class FakeShard:
     def delete(self, ids: Sequence[str], timeout: float) -> DeleteResult:
         self._enter("delete", timeout)
         self.deleted.append(list(ids))
+        ids = list(dict.fromkeys(ids))  # each id once, as the real store answers
         gone = [i for i in ids if self.items.pop(i, None) is not None]
         return DeleteResult(len(gone), [i for i in ids if i not in gone])
 
@@ -506,6 +507,15 @@ def test_a_large_delete_goes_out_in_rounds_of_the_shards_batch() -> None:
         assert [len(call) for call in shard.deleted] == [len(mine[a:a + 5]) for a in range(0, len(mine), 5)]
         assert [i for call in shard.deleted for i in call] == mine
     assert stored_count(c) == 0
+
+
+def test_an_id_given_twice_is_deleted_once_even_across_rounds() -> None:
+    """A repeat in a later round found the item already gone: counted deleted and listed missing."""
+    c = cluster(1, limits=Limits(max_k=1000, timeout_s=10.0, ingest_batch=8, write_batch=2))
+    fill(c, 5)
+    result = c.gateway.delete(["item-0000", "item-0001", "item-0000", "never-there", "never-there"], None)
+    assert result == DeleteResult(2, ["never-there"])
+    assert c.shards[0].deleted == [["item-0000", "item-0001"], ["never-there"]]
 
 
 def test_a_shard_failing_mid_delete_is_told_with_what_was_deleted() -> None:
