@@ -54,7 +54,7 @@ class _Waiter(Generic[I, R]):
     results: list[R] | None = None
     error: BaseException | None = None
     alone: bool = False  # the batch failed on its content: send this request by itself
-    batch: list[_Waiter[I, R]] | None = None  # handed to this waiter's thread to send
+    batch: list[_Waiter[I, R]] | None = None  # handed to this waiter's thread to send (it has the latest deadline)
     gone: bool = False  # its caller stopped waiting
 
 
@@ -87,11 +87,10 @@ class Coalescer(Generic[I, R]):
         waiter: _Waiter[I, R] = _Waiter(items, key, self._clock() + timeout, weight)
         with self._lock:
             self._queue.append(waiter)
-            batch = self._next_batch() if self._inflight < self._max_inflight else None
-        if batch is not None:
-            self._run(batch)
+            if self._inflight < self._max_inflight:
+                self._hand(self._next_batch())
         while not waiter.done.is_set() or waiter.batch is not None:
-            if waiter.batch is not None:  # a returning batch handed the next one to this thread
+            if waiter.batch is not None:  # a batch was handed to this thread
                 batch, waiter.batch = waiter.batch, None
                 self._run(batch)
                 continue
@@ -137,8 +136,21 @@ class Coalescer(Generic[I, R]):
         self._inflight += 1
         return batch
 
+    @staticmethod
+    def _hand(batch: list[_Waiter[I, R]] | None) -> None:
+        """Give a new batch to the thread of its waiter with the latest deadline (caller holds the lock).
+
+        The batch is sent with that deadline, so any other thread sending it would be held past its
+        own caller's; the others stop waiting at theirs. Queued waiters are never gone: giving up
+        leaves the queue.
+        """
+        if batch is not None:
+            runner = max(batch, key=lambda w: w.deadline)
+            runner.batch = batch
+            runner.done.set()
+
     def _run(self, batch: list[_Waiter[I, R]]) -> None:
-        """Send one batch, answer its waiters, then hand the next batch to one of its waiters."""
+        """Send one batch, answer its waiters, then hand on the next batch."""
         try:
             self._deliver(batch)
         finally:
@@ -147,9 +159,7 @@ class Coalescer(Generic[I, R]):
                 following = self._next_batch()
                 for w in batch:
                     w.done.set()
-                if following is not None:  # queued waiters are never gone: giving up leaves the queue
-                    following[0].batch = following
-                    following[0].done.set()
+                self._hand(following)
 
     def _deliver(self, batch: list[_Waiter[I, R]]) -> None:
         live = [w for w in batch if not w.gone]

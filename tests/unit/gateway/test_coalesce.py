@@ -140,6 +140,34 @@ def test_a_caller_past_its_deadline_leaves_the_queue_and_is_never_sent() -> None
     assert coalescer._inflight == 0
 
 
+def test_each_caller_returns_by_its_own_deadline_whatever_the_batch_waits_for() -> None:
+    """A batch is sent with its latest deadline; the caller with the shortest one must not be the
+    thread that waits for it (a gRPC worker held 10 s past a 1 s deadline)."""
+    down = Downstream()
+
+    def send(items: list[int], timeout: float, key: object) -> list[int]:
+        if down.calls:
+            time.sleep(1.5)  # the shared batch outlives the short deadline
+        return down.send(items, timeout, key)
+
+    coalescer = Coalescer(send, name="svc", max_items=64, max_inflight=1)
+    with ThreadPoolExecutor(8) as pool:
+        first = hold_first(down, coalescer, pool)
+        short = pool.submit(coalescer.call, [1], 0.3)
+        wait_queued(coalescer, 1)
+        long = pool.submit(coalescer.call, [2], 5)
+        wait_queued(coalescer, 2)
+        down.gate.set()
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"svc: no answer within 0\.3 s"):
+            short.result(5)
+        assert time.monotonic() - start < 1.0
+        assert first.result(5) == [0]
+        assert long.result(5) == [20]
+    assert down.calls[1][0] == [1, 2]  # the short caller was sent; only its answer was dropped
+    assert coalescer._inflight == 0 and not coalescer._queue
+
+
 def test_many_threads_hammering_get_exactly_their_answers() -> None:
     down = Downstream()
     down.delay = 0.002  # a call takes time, so others arrive meanwhile
