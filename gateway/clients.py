@@ -57,6 +57,11 @@ _CLIENT_ERRORS: dict[grpc.StatusCode, type[OrbitHashError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
+# gRPC's own status for a call that found no connection, so the request never left the gateway. Only
+# its prefix counts: a service's own text (a shard quoting redis-py's "Connection refused" about a
+# write that may have been applied) proves nothing about what was sent.
+_NEVER_CONNECTED = "failed to connect to all addresses"
+
 
 def domain_error(exc: grpc.RpcError, service: str) -> OrbitHashError:
     """The domain error for a failed call to ``service`` (named in the message when it is down)."""
@@ -65,9 +70,8 @@ def domain_error(exc: grpc.RpcError, service: str) -> OrbitHashError:
     kind = _CLIENT_ERRORS.get(code)
     if kind is not None:
         return kind(details)
-    lowered = details.lower()
-    if code == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in lowered or "connection refused" in lowered):
-        return NotSent(f"{service}: {code.name} {details}".rstrip())  # no connection: the call was never sent
+    if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_NEVER_CONNECTED):
+        return NotSent(f"{service}: {code.name} {details}".rstrip())
     return Unavailable(f"{service}: {code.name} {details}".rstrip())
 
 
