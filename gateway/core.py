@@ -683,17 +683,9 @@ class Gateway:
         if not isinstance(cause, OrbitHashError):
             raise cause
         stored = ", ".join(f"shard {s}: {n}" for s, n in enumerate(summary.per_shard) if n) or "none"
-        certain = [s for s in sorted(errors) if s not in summary.uncertain_shards]
-        parts = []
-        if certain:
-            parts.append(f"shard(s) {', '.join(map(str, certain))} refused or could not be reached: their items "
-                         "were not stored")
-        if summary.uncertain_shards:
-            parts.append(f"shard(s) {', '.join(map(str, summary.uncertain_shards))} broke off mid-write: their items "
-                         "may or may not be stored")
         message = (f"stored {summary.ingested} of {summary.received} items for certain ({stored}); "
-                   f"{'; '.join(parts)}; later rounds were not sent (shard {first}: {cause}). Ingest replaces by "
-                   "id: send the stream again to finish")
+                   f"{_failed_writes(errors, 'stored')}; later rounds were not sent (shard {first}: {cause}). "
+                   "Ingest replaces by id: send the stream again to finish")
         return type(cause)(message)
 
     def update_metadata(self, updates: Sequence[MetadataUpdate], remaining: float | None) -> UpdateResult:
@@ -728,9 +720,9 @@ class Gateway:
                 raise cause
             done = ", ".join(f"shard {s}: {answers[s].updated}" for s in sorted(answers)) or "none"
             raise type(cause)(
-                f"updated {sum(a.updated for a in answers.values())} of {len(updates)} items ({done}); shard(s) "
-                f"{', '.join(map(str, sorted(errors)))} failed and their items were not changed (shard {first}: "
-                f"{cause}). Metadata is replaced whole: send the request again to finish")
+                f"updated {sum(a.updated for a in answers.values())} of {len(updates)} items ({done}); "
+                f"{_failed_writes(errors, 'changed')} (shard {first}: {cause}). Metadata is replaced whole: send "
+                "the request again to finish")
         missing = {i for a in answers.values() for i in a.missing}
         return UpdateResult(sum(a.updated for a in answers.values()), [u.id for u in updates if u.id in missing])
 
@@ -779,6 +771,21 @@ def _certainly_unwritten(exc: Exception) -> bool:
     """A shard write that failed without applying anything: refused before its Lua script (the
     request itself), or never sent. A call that broke off or timed out may have been applied."""
     return isinstance(exc, NotSent | InvalidInput | Mismatch | ResourceExhausted)
+
+
+def _failed_writes(errors: dict[int, Exception], done: str) -> str:
+    """Which failed shards certainly did not write their items and which may have (a call that
+    broke off may have run its script): a person must not be told "not changed" when it was."""
+    certain = [s for s in sorted(errors) if _certainly_unwritten(errors[s])]
+    uncertain = [s for s in sorted(errors) if s not in certain]
+    parts = []
+    if certain:
+        parts.append(f"shard(s) {', '.join(map(str, certain))} refused or could not be reached: their items "
+                     f"were not {done}")
+    if uncertain:
+        parts.append(f"shard(s) {', '.join(map(str, uncertain))} broke off mid-write: their items may or may "
+                     f"not be {done}")
+    return "; ".join(parts)
 
 
 _IMAGE_AT = re.compile(r"^image (\d+): ")

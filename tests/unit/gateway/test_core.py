@@ -853,9 +853,24 @@ def test_a_shard_failing_an_update_is_told_with_what_was_changed() -> None:
     with pytest.raises(Unavailable) as raised:
         c.gateway.update_metadata([MetadataUpdate(i, SceneMeta(sensor="new")) for i in ids], None)
     message = str(raised.value)
-    assert message.startswith("updated 2 of 3 items (shard 0: 1, shard 2: 1); shard(s) 1 failed")
+    assert message.startswith("updated 2 of 3 items (shard 0: 1, shard 2: 1); shard(s) 1 broke off")
     assert "send the request again" in message
     assert [s.items[i].metadata for s, i in zip(c.shards, ids, strict=True)][::2] == [SceneMeta(sensor="new")] * 2
+
+
+def test_an_update_that_may_have_been_applied_is_not_called_unchanged() -> None:
+    """A call that broke off may have run its script (as ingest's writes are told apart)."""
+    c = cluster()
+    fill_with_metadata(c, 30)
+    ids = [sorted(s.items)[0] for s in c.shards]
+    c.shards[1].fail = NotSent("index shard 1: UNAVAILABLE failed to connect to all addresses")
+    c.shards[2].fail = Unavailable("index shard 2: UNAVAILABLE Socket closed")
+    with pytest.raises(Unavailable) as raised:
+        c.gateway.update_metadata([MetadataUpdate(i, SceneMeta(sensor="new")) for i in ids], None)
+    message = str(raised.value)
+    assert message.startswith("updated 1 of 3 items (shard 0: 1); shard(s) 1 refused or could not be reached: "
+                              "their items were not changed; shard(s) 2 broke off mid-write: their items may or "
+                              "may not be changed (shard 1: ")
 
 
 def test_bad_metadata_anywhere_refuses_the_whole_stream_before_any_write() -> None:
