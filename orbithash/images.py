@@ -18,6 +18,7 @@ import io
 import math
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,15 @@ MAX_TIFF_PAGES = 256
 # repeated scans in a 100 KB JPEG of 4000² pixels take 4.5 s. Legitimate files have tens of each.
 MAX_JPEG_SEGMENTS = 512  # marker segments before the first scan
 MAX_JPEG_SCANS = 64      # standard progressive JPEGs have 6-10; libjpeg's "max_scans" advice is ~100
+MAX_JPEG_STRAY_BYTES = 65_536  # Pillow skips bytes between segments one read at a time (about 1 µs each)
+# tifffile's series detection for these formats reads their XML or tags and may build lists as long
+# as the metadata claims (OME's NumPlanes=10⁸: 1.5 GB); a ground station's TIFFs are plain or GeoTIFF.
+_TIFF_NO_METADATA_SERIES = {f"is_{kind}": False for kind in (
+    "lsm", "mmstack", "ome", "imagej", "ndtiff", "fluoview", "stk", "sis", "svs", "scn", "qpi", "ndpi", "bif",
+    "avs", "eer", "philips", "scanimage", "nih", "mdgel")}
+# Deflate strips are inflated with a bound here; tifffile (without imagecodecs) would inflate any
+# strip whole, and LZMA or PackBits the same way or slower.
+_TIFF_COMPRESSIONS = {1, 8, 32946}  # none, Adobe deflate, deflate
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -120,7 +130,7 @@ def read_header(data: bytes, size: int | None = None) -> ImageHeader:
         raise InvalidInput("empty image bytes")
     if data[:4] in TIFF_MAGIC:
         return _tiff_header(data, size)
-    _check_structure(data)
+    scans = _check_structure(data)
     img = _open_pillow(data)
     layers = len(img.getbands())
     reduce = _jpeg_reduce(img, size)
@@ -128,46 +138,69 @@ def read_header(data: bytes, size: int | None = None) -> ImageHeader:
     dw, dh = math.ceil(width / reduce), math.ceil(height / reduce)
     stored = dw * dh * _PILLOW_BYTES.get(img.mode, 2 if img.mode.startswith("I;16") else 4)
     converted = 0 if img.mode == "RGB" else dw * dh * 4
-    # A progressive JPEG holds every DCT coefficient (2 bytes each) of the full-size image while it decodes.
-    coefficients = width * height * layers * 2 if img.format == "JPEG" and img.info.get("progressive") else 0
+    # A JPEG of more than one scan (progressive, or baseline with its components in separate scans)
+    # holds every DCT coefficient (2 bytes each) of the full-size image while it decodes.
+    buffered = img.format == "JPEG" and (img.info.get("progressive") or scans > 1)
+    coefficients = width * height * layers * 2 if buffered else 0
     as_array = dw * dh * 6 if size is None else 0  # tobytes() joins 3-byte chunks; decode_pixels stays in Pillow
     peak = stored + max(coefficients, converted + as_array)
     sample = "uint16" if img.mode.startswith("I;16") else {"I": "int32", "F": "float32"}.get(img.mode, "uint8")
     return ImageHeader(str(img.format), width, height, layers, sample, peak + DECODER_SLACK, reduce, size)
 
 
-def _check_structure(data: bytes) -> None:
-    """Refuse PNG/JPEG files whose chunk, segment or scan counts would cost seconds, not pixels."""
+def _check_structure(data: bytes) -> int:
+    """Refuse PNG/JPEG files whose chunk, segment or scan counts would cost seconds, not pixels;
+    the number of scans of a JPEG (0 for anything else)."""
     if data.startswith(PNG_SIGNATURE):
-        allowed = max(1024, len(data) // 1024)  # a legitimate PNG's IDAT chunks hold kilobytes each
-        chunks, pos = 0, len(PNG_SIGNATURE)
-        while pos + 8 <= len(data):
-            length, kind = struct.unpack_from(">I4s", data, pos)
-            chunks += 1
-            if chunks > allowed:
-                raise InvalidInput(f"PNG of more than {allowed} chunks, the limit for {len(data):,} bytes; "
-                                   "re-encode it")
-            if kind == b"IEND":
-                break
-            pos += 12 + length
+        _check_png_chunks(data)
     elif data.startswith(b"\xff\xd8"):
-        scans = data.count(b"\xff\xda")  # 0xFF in entropy-coded data is always stuffed: these are scans
-        if scans > MAX_JPEG_SCANS:
-            raise InvalidInput(f"JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS}; "
-                               "re-encode it as baseline or standard progressive")
-        segments, pos = 0, 2
-        while pos + 4 <= len(data) and data[pos] == 0xFF:
-            marker = data[pos + 1]
-            if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte, RSTn, SOI, TEM
-                pos += 1 if marker == 0xFF else 2
-                continue
-            if marker == 0xDA:
+        return _check_jpeg_segments(data)
+    return 0
+
+
+def _check_png_chunks(data: bytes) -> None:
+    allowed = max(1024, len(data) // 1024)  # a legitimate PNG's IDAT chunks hold kilobytes each
+    chunks, pos = 0, len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        chunks += 1
+        if chunks > allowed:
+            raise InvalidInput(f"PNG of more than {allowed} chunks, the limit for {len(data):,} bytes; re-encode it")
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+
+
+def _check_jpeg_segments(data: bytes) -> int:
+    """Count as Pillow parses: it skips stray bytes (and 0xFF00 pairs) between segments and goes on."""
+    scans = data.count(b"\xff\xda")  # 0xFF in entropy-coded data is always stuffed: these are scans
+    if scans > MAX_JPEG_SCANS:
+        raise InvalidInput(f"JPEG of {scans} scans is over the limit of {MAX_JPEG_SCANS}; "
+                           "re-encode it as baseline or standard progressive")
+    segments, stray, pos = 0, 0, 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF or data[pos + 1] == 0x00:
+            marker_at = data.find(b"\xff", pos + 1 if data[pos] == 0xFF else pos)
+            stray += (len(data) if marker_at < 0 else marker_at) - pos
+            if stray > MAX_JPEG_STRAY_BYTES:
+                raise InvalidInput(f"JPEG with more than {MAX_JPEG_STRAY_BYTES} stray bytes between its marker "
+                                   "segments; re-encode it")
+            if marker_at < 0:
                 break
-            segments += 1
-            if segments > MAX_JPEG_SEGMENTS:
-                raise InvalidInput(f"JPEG of more than {MAX_JPEG_SEGMENTS} marker segments before its image "
-                                   "data; re-encode it")
-            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+            pos = marker_at
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte, RSTn, SOI, TEM
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xDA:
+            break
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise InvalidInput(f"JPEG of more than {MAX_JPEG_SEGMENTS} marker segments before its image "
+                               "data; re-encode it")
+        pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return scans
 
 
 def _open_pillow(data: bytes) -> Image.Image:
@@ -175,7 +208,7 @@ def _open_pillow(data: bytes) -> Image.Image:
         with warnings.catch_warnings():
             # The caller's DecodeLimits govern the size; Pillow's own bound (89 Mpx) would only warn.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)  # no other parser sees the bytes
     except Image.DecompressionBombError as exc:
         raise InvalidInput(f"{str(exc).rstrip('.')}; downscale it before sending") from exc
     except UnidentifiedImageError as exc:  # its message is a repr of our buffer: say what was seen
@@ -196,10 +229,66 @@ def _jpeg_reduce(img: Image.Image, size: int | None) -> int:
     return next((s for s in (8, 4, 2) if factor >= s), 1)
 
 
+def _open_tiff(data: bytes) -> tifffile.TiffFile:
+    """tifffile over ``data`` once its page chain is known to be short and sound."""
+    _check_tiff_chain(data)
+    return tifffile.TiffFile(io.BytesIO(data), **_TIFF_NO_METADATA_SERIES)
+
+
+def _check_tiff_chain(data: bytes) -> None:
+    """Walk the chain of pages (IFDs) before tifffile does: it looks for a loop only at its 100th
+    page, so a chain looping back after that kept it counting for ever (its series detection
+    counts the pages first); and counting costs about 1 µs a page, for millions in 64 MB."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    count_format, entry_bytes, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
+    first_at = 8 if big else 4
+    cut = InvalidInput("TIFF page chain points outside the file; the file is damaged or cut short")
+    if len(data) < first_at + struct.calcsize(offset_format):
+        raise cut
+    offset = struct.unpack_from(order + offset_format, data, first_at)[0]
+    page_of: dict[int, int] = {}
+    while offset:
+        if offset in page_of:
+            raise InvalidInput(f"TIFF page chain loops back to page {page_of[offset]}; the file is damaged")
+        if len(page_of) == MAX_TIFF_PAGES:
+            raise InvalidInput(f"TIFF of more than {MAX_TIFF_PAGES} pages is over the limit of {MAX_TIFF_PAGES}; "
+                               "send one image per file")
+        page_of[offset] = len(page_of)
+        if offset + struct.calcsize(count_format) > len(data):
+            raise cut
+        entries = struct.unpack_from(order + count_format, data, offset)[0]
+        next_at = offset + struct.calcsize(count_format) + entries * entry_bytes
+        if next_at + struct.calcsize(offset_format) > len(data):
+            raise cut
+        offset = struct.unpack_from(order + offset_format, data, next_at)[0]
+
+
+def _check_tiff_strips(data: bytes, tif: tifffile.TiffFile) -> None:
+    """Only uncompressed and deflate TIFFs, and no deflate strip (or tile) inflating past the bytes
+    its pixels take: the header's estimate counts one strip's worth."""
+    for p, page in enumerate(tif.pages):
+        if not isinstance(page, tifffile.TiffPage) or not page.dataoffsets:
+            continue
+        compression = int(page.compression)
+        if compression not in _TIFF_COMPRESSIONS:
+            name = getattr(page.compression, "name", compression)
+            raise InvalidInput(f"TIFF compression {name} is not supported; send it uncompressed or with deflate (zlib)")
+        if compression == 1:
+            continue
+        expected = math.prod(page.chunks) * np.dtype(page.dtype).itemsize
+        kind = "tile" if page.is_tiled else "strip"
+        for i, (at, size) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=True)):
+            try:
+                inflated = zlib.decompressobj().decompress(data[at:at + size], expected + 1)
+            except zlib.error as exc:
+                raise InvalidInput(f"TIFF {kind} {i} of page {p} is not valid deflate data: {exc}") from exc
+            if len(inflated) > expected:
+                raise InvalidInput(f"TIFF {kind} {i} of page {p} inflates past the {expected} bytes it should hold; "
+                                   "the file is damaged or built to exhaust memory")
+
+
 def _first_series(tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
-    pages = len(tif.pages)
-    if pages > MAX_TIFF_PAGES:
-        raise InvalidInput(f"TIFF of {pages} pages is over the limit of {MAX_TIFF_PAGES}; send one image per file")
     if not tif.series:
         raise InvalidInput("TIFF holds no image")
     return tif.series[0]
@@ -227,7 +316,8 @@ def _tiff_layout(series: tifffile.TiffPageSeries) -> tuple[tuple[int, ...], str,
 
 def _tiff_header(data: bytes, size: int | None) -> ImageHeader:
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with _open_tiff(data) as tif:
+            _check_tiff_strips(data, tif)
             series = _first_series(tif)
             plane_shape, axes, pages = _tiff_layout(series)
             dtype = np.dtype(series.dtype)
@@ -317,7 +407,7 @@ def decode_checked(data: bytes, header: ImageHeader) -> np.ndarray:
 def _decode_tiff(data: bytes) -> np.ndarray:
     """TIFF through tifffile: 8/16/32-bit and float samples, contiguous or planar, any band count."""
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        with _open_tiff(data) as tif:
             series = _first_series(tif)
             plane_shape, axes, pages = _tiff_layout(series)
             if pages:  # read only the pages of the first plane of a stack

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
 
@@ -231,7 +233,7 @@ def test_a_tiff_of_many_pages_is_refused_before_its_series_are_parsed() -> None:
     with tifffile.TiffWriter(buf) as writer:
         for _ in range(images.MAX_TIFF_PAGES + 1):
             writer.write(np.zeros((1, 1), np.uint8), contiguous=False)  # each page its own series
-    with pytest.raises(InvalidInput, match=r"TIFF of 257 pages is over the limit of 256; send one image per file"):
+    with pytest.raises(InvalidInput, match=r"TIFF of more than 256 pages is over the limit of 256; send one image"):
         read_header(buf.getvalue())
 
 
@@ -251,6 +253,126 @@ def test_files_built_to_cost_time_rather_than_pixels_are_refused() -> None:
     with pytest.raises(InvalidInput, match=r"PNG of more than 1024 chunks, the limit for [\d,]+ bytes; re-encode it"):
         read_header(png[:idat] + empty * 1024 + png[idat:])
     assert decode_image(png[:idat] + empty * 1000 + png[idat:]).shape == (64, 64, 3)
+
+
+# -- files whose structure, not their pixels, is the attack (found by a review) -----------------------
+
+def with_page_chain(data: bytes, extra: int, loop_to: int | None) -> bytes:
+    """A one-page little-endian TIFF followed by ``extra`` empty IFDs, the last pointing back at
+    extra IFD ``loop_to`` (None: the chain ends there)."""
+    out = bytearray(data)
+    first = struct.unpack_from("<I", out, 4)[0]
+    next_at = first + 2 + 12 * struct.unpack_from("<H", out, first)[0]
+    offsets = [len(out) + 6 * i for i in range(extra)]
+    struct.pack_into("<I", out, next_at, offsets[0])
+    for i in range(extra):
+        out += struct.pack("<HI", 0, offsets[i + 1] if i + 1 < extra else
+                           (offsets[loop_to] if loop_to is not None else 0))
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("extra", "loop_to"), [(150, 149), (60, 50), (20, 0)])
+def test_a_tiff_whose_page_chain_loops_is_refused_at_once(extra: int, loop_to: int) -> None:
+    """tifffile looks for a loop only at its 100th page: a 1 KB file whose chain loops after that
+    kept ``len(tif.pages)`` counting for ever, 30 MB a second. A child process, so a hang fails."""
+    looped = with_page_chain(tiff(np.zeros((1, 1), np.uint8)), extra, loop_to)
+    code = ("import sys; from orbithash import InvalidInput; from orbithash.images import read_header\n"
+            "try:\n    read_header(sys.stdin.buffer.read(), 224)\nexcept InvalidInput as exc:\n    print(exc)")
+    done = subprocess.run([sys.executable, "-c", code], input=looped, capture_output=True, timeout=60)
+    assert b"TIFF page chain loops back to page" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_tiff_page_chain_that_leaves_the_file_is_refused() -> None:
+    data = bytearray(with_page_chain(tiff(np.zeros((1, 1), np.uint8)), 3, None))
+    struct.pack_into("<I", data, len(data) - 4, len(data) + 1000)
+    with pytest.raises(InvalidInput, match="TIFF page chain points outside the file"):
+        read_header(bytes(data))
+
+
+def test_tiff_metadata_claiming_millions_of_planes_allocates_nothing() -> None:
+    """OME-XML with NumPlanes=N made tifffile build an N-entry list before any limit (10⁸: 1.5 GB)."""
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="1" SizeY="1" '
+           'SizeC="1" SizeZ="1" SizeT="1"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+           '<TiffData IFD="0" NumPlanes="10000000"/></Pixels></Image></OME>')
+    data = tiff(np.zeros((1, 1), np.uint8), description=xml, metadata=None)
+    tracemalloc.start()
+    try:
+        header = read_header(data, SIZE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (header.width, header.height) == (1, 1) and peak < 10_000_000
+
+
+def one_strip_tiff(width: int, height: int, strip: bytes, compression: int) -> bytes:
+    """A grey 8-bit TIFF of one strip holding ``strip`` as given (already compressed)."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, compression), (262, 3, 1),
+            (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 4, height), (279, 4, len(strip))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHIHH", t, k, 1, v, 0) if k == 3 else struct.pack("<HHII", t, k, 1, v) for t, k, v in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + strip
+
+
+def test_a_deflate_strip_that_inflates_past_its_size_is_refused() -> None:
+    """zlib inflated a strip whole, whatever the image's size: 583 KB for a 16×16 image took 1.2 GB."""
+    assert decode_image(one_strip_tiff(16, 16, zlib.compress(bytes(range(256))), 8)).shape == (16, 16, 3)
+    with pytest.raises(InvalidInput, match=r"TIFF strip 0 of page 0 inflates past the 256 bytes it should hold"):
+        read_header(one_strip_tiff(16, 16, zlib.compress(bytes(50_000_000)), 8))
+
+
+@pytest.mark.parametrize(("compression", "name"), [(34925, "LZMA"), (32773, "PACKBITS"), (5, "LZW")])
+def test_tiff_compressions_other_than_deflate_are_refused_by_name(compression: int, name: str) -> None:
+    with pytest.raises(InvalidInput, match=rf"TIFF compression {name} is not supported; send it uncompressed or "
+                                           r"with deflate \(zlib\)"):
+        read_header(one_strip_tiff(16, 16, bytes(256), compression))
+
+
+def jpeg_segment(marker: int, body: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def three_scan_baseline_jpeg(width: int, height: int) -> bytes:
+    """A baseline JPEG whose three components come in three scans (all grey): libjpeg then holds
+    every DCT coefficient, as for a progressive JPEG."""
+    out = b"\xff\xd8" + jpeg_segment(0xDB, b"\x00" + b"\x01" * 64)
+    out += jpeg_segment(0xC0, struct.pack(">BHHB", 8, height, width, 3)
+                        + b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3)))
+    one_code = bytes([1] + [0] * 15) + b"\x00"  # one 1-bit code, for symbol 0
+    out += jpeg_segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)  # DC: category 0; AC: end of block
+    blocks = -(-width // 8) * -(-height // 8)
+    for c in (1, 2, 3):
+        out += jpeg_segment(0xDA, bytes([1, c, 0x00, 0, 63, 0])) + b"\x00" * (blocks * 2 // 8 + 16)
+    return out + b"\xff\xd9"
+
+
+def test_a_baseline_jpeg_of_several_scans_is_estimated_with_its_coefficients() -> None:
+    """Measured: a 6000² one peaked at 210 MB against an estimate of 10 MB (reduced decode)."""
+    data = three_scan_baseline_jpeg(2000, 2000)
+    assert decode_pixels(data, SIZE).shape == (3, SIZE, SIZE)
+    assert read_header(data, SIZE).decode_bytes >= 2000 * 2000 * 3 * 2
+    one_scan = pillow(scene(2000, 2000), "JPEG")
+    assert read_header(one_scan, SIZE).decode_bytes < 2000 * 2000 * 3 * 2  # interleaved baseline: no such buffer
+
+
+def test_stray_bytes_do_not_hide_jpeg_segments_from_the_count() -> None:
+    """Pillow skips stray bytes and goes on parsing; the count stopped at the first one (4M
+    segments behind a 6-byte prefix took 18 s). A long run of them is refused too."""
+    base = pillow(scene(64, 64), "JPEG")
+    with pytest.raises(InvalidInput, match=r"JPEG of more than 512 marker segments"):
+        read_header(base[:2] + b"\xff\xff\x00\x00\x02\x00" + b"\xff\xfe\x00\x02" * 513 + base[2:])
+    app0_end = 4 + struct.unpack_from(">H", base, 4)[0]
+    assert read_header(base[:app0_end] + b"\x00\x00" + base[app0_end:]).width == 64  # a few are tolerated
+    with pytest.raises(InvalidInput, match=r"JPEG with more than 65536 stray bytes between its marker segments"):
+        read_header(base[:app0_end] + b"\x00" * 70_000 + base[app0_end:])
+
+
+def test_only_jpeg_and_png_are_parsed_by_pillow() -> None:
+    """Pillow tried every format it knows before the format check: a 16 MB EPS took 9 s of
+    byte-by-byte parsing, only to be refused."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n" + b"%comment\n" * 1000
+    with pytest.raises(InvalidInput, match=r"not a JPEG, PNG or TIFF image \(it starts with b'%!PS-Ado'\)"):
+        read_header(eps)
 
 
 def test_a_truncated_image_under_the_limits_is_invalid_input() -> None:
