@@ -205,7 +205,23 @@ def hit_columns_from_pb(packed: pb.PackedHits) -> HitColumns:
     if id_ends.shape[0] != n or labels.shape[0] != n or scores.shape[0] != n or bounds[-1] != len(packed.ids):
         raise ValueError(f"packed hits of shard {packed.shard} are inconsistent: {n} distances, "
                          f"{id_ends.shape[0]} id ends, {labels.shape[0]} labels, {len(packed.scores)} score bytes")
+    if not _cut_into_text(packed.ids, id_ends):
+        raise ValueError(f"packed hits of shard {packed.shard}: ids ({len(packed.ids)} bytes, {n} ends) are not "
+                         "UTF-8 text cut at character starts by ascending ends")
     return HitColumns(packed.shard, packed.ids, bounds, distances, labels, scores)
+
+
+def _cut_into_text(ids: bytes, ends: np.ndarray) -> bool:
+    """Whether every id decodes: ends that never go back, each at a character's start, in UTF-8.
+    The merge decodes only the ids it keeps, too late to call the shard's answer malformed."""
+    if np.any(np.diff(ends.astype(np.int64)) < 0):
+        return False
+    try:
+        ids.decode()
+    except UnicodeDecodeError:
+        return False
+    inner = ends[ends < len(ids)]
+    return not np.any((np.frombuffer(ids, np.uint8)[inner] & 0xC0) == 0x80)  # no cut before a continuation byte
 
 
 def item_to_pb(item: StoredItem) -> pb.Item:

@@ -3,14 +3,18 @@ old path (one ``Hit`` message per hit → heap merge), on random data with ties 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from gateway.clients import ShardClient
 from gateway.convert import hit_columns_from_pb, hit_from_pb, shard_search_response_from_pb
-from gateway.core import Hit, HitColumns
+from gateway.core import Hit, HitColumns, ShardQuery
 from gateway.merge import merge_topk
 from index_service.servicer import _hit_pb, _packed_pb
 from index_service.shard import ShardHit
+from orbithash import Unavailable
 from orbithash_api.v1 import orbithash_pb2 as pb
 
 ALPHABET = ["a", "b", "z", "é", "ø", "中", "\U0001f600", "0", "~"]  # multi-byte ids: bytewise = code point order
@@ -80,6 +84,26 @@ def test_inconsistent_packed_hits_are_refused() -> None:
     packed.labels = packed.labels[:4]
     with pytest.raises(ValueError, match="inconsistent"):
         hit_columns_from_pb(packed)
+
+
+@pytest.mark.parametrize(("ids", "ends"), [
+    ("é".encode() + b"b", [1, 3]),  # an end inside a two-byte character
+    (b"abc", [2, 1, 3]),  # ends going back
+    (b"a\xffb", [1, 3]),  # not UTF-8
+])
+def test_packed_ids_that_do_not_cut_into_text_are_refused(ids: bytes, ends: list[int]) -> None:
+    """They passed the count checks, then the merge raised UnicodeDecodeError instead of the
+    client reporting the shard failed."""
+    n = len(ends)
+    packed = pb.PackedHits(shard=2, ids=ids, id_ends=np.array(ends, "<u4").tobytes(),
+                           distances=np.zeros(n, "<u4").tobytes(), labels=np.zeros(n, "<i4").tobytes())
+    with pytest.raises(ValueError, match=r"^packed hits of shard 2: ids .* are not"):
+        hit_columns_from_pb(packed)
+    client = ShardClient(2, "127.0.0.1:1")
+    client._stub = SimpleNamespace(Search=lambda request, timeout: pb.ShardSearchResponse(packed=[packed]))
+    with pytest.raises(Unavailable, match=r"^index shard 2 at 127\.0\.0\.1:1: packed hits of shard 2: ids"):
+        client.search(ShardQuery((b"\0",), 5, 8, "v1"), 1.0)  # a failed shard: its hits are missing, flagged
+    client.close()
 
 
 def test_the_old_answer_is_still_read() -> None:
