@@ -180,9 +180,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             seconds.observe(time.perf_counter() - start)
 
         def fail(exc: Exception, context: grpc.ServicerContext, start: float) -> None:
-            code, message = status_for(exc)
-            if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s/%s failed", service, method)
+            if context.is_active():
+                code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s/%s failed", service, method)
+            else:  # the caller cancelled or its deadline passed (a stream's read then fails): not a fault
+                code, message = _ended_by_caller(context)
             finish(start, code)
             context.abort(code, message)
 
@@ -214,6 +217,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             finish(start, grpc.StatusCode.OK)
 
         return stream_out if streaming_out else unary_out
+
+
+def _ended_by_caller(context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    left = context.time_remaining()
+    if left is not None and left <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the caller's deadline passed"
+    return grpc.StatusCode.CANCELLED, "the caller cancelled the call"
 
 
 def _is_abort(exc: Exception, context: grpc.ServicerContext) -> bool:

@@ -4,7 +4,9 @@ outages, refusal."""
 from __future__ import annotations
 
 import io
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -17,6 +19,7 @@ import pytest
 import tifffile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 import encoder_service
 from orbithash import Unavailable
@@ -63,6 +66,39 @@ def test_stream_answers_each_batch_in_order(encoder: rpc.EncoderStub, ucm_subset
     streamed = list(encoder.EncodeStream(iter(pb.EncodeRequest(images=b) for b in batches), timeout=60))
     assert [len(r.encodings) for r in streamed] == [2, 3, 1]
     assert [[e.code for e in r.encodings] for r in streamed] == [[e.code for e in r.encodings] for r in unary]
+
+
+def handled(encoder_process: ServiceProcess, method: str) -> dict[str, float]:
+    """``grpc_server_handled_total`` of ``method`` by code, from the encoder's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{encoder_process.metrics_port}/metrics", timeout=5).read()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == "grpc_server_handled_total" and sample.labels.get("grpc_method") == method:
+                out[sample.labels["grpc_code"]] = sample.value
+    return out
+
+
+def test_a_stream_the_caller_cancels_is_counted_as_cancelled_not_as_a_fault(
+        encoder: rpc.EncoderStub, encoder_process: ServiceProcess, ucm_subset: Split) -> None:
+    """A caller that gives up while the stream waits for its next request was logged with a
+    traceback and counted INTERNAL: an on-call person would have chased a fault that is not one."""
+    before = handled(encoder_process, "EncodeStream")
+    more = threading.Event()
+
+    def requests() -> Iterator[pb.EncodeRequest]:
+        yield pb.EncodeRequest(images=[ucm_subset.database[0].data])
+        more.wait(10)  # the server now waits for a request that never comes
+
+    call = encoder.EncodeStream(requests(), timeout=60)
+    assert len(next(call).encodings) == 1
+    call.cancel()
+    more.set()
+    time.sleep(0.5)
+    after = handled(encoder_process, "EncodeStream")
+    assert after.get("CANCELLED", 0) == before.get("CANCELLED", 0) + 1
+    assert after.get("INTERNAL", 0) == before.get("INTERNAL", 0)
+    assert "EncodeStream failed" not in (encoder_process.process.log_path.read_text())
 
 
 def test_more_images_than_one_backend_batch_keep_their_order(encoder: rpc.EncoderStub, ucm_subset: Split) -> None:
