@@ -29,28 +29,29 @@ def _read(path: str | None) -> bytes | None:
 
 
 class ReloadingServerCertificate:
-    """The server's certificate configuration, read again when a file's modification time changes.
+    """The server's certificate configuration, read again when a file's bytes change.
 
-    A half-written file (a Secret being updated) fails to load: the old configuration stays in use
-    and the next connection tries again.
+    The bytes, not the modification time, say what changed: a file caught half-written and
+    finished within one timestamp tick would otherwise never be read again. A half-written file
+    fails to load (gRPC keeps the old configuration) and the next connection tries again.
     """
 
     def __init__(self, cert: str, key: str, ca: str | None, require_client_auth: bool) -> None:
-        self._paths = [p for p in (cert, key, ca) if p is not None]
         self._cert, self._key, self._ca = cert, key, ca
         self.require_client_auth = require_client_auth
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._stamp = self._stamps()
-        self.initial = self._configuration()
+        self._files = self._read_files()
+        self.initial = self._configuration(self._files)
 
-    def _stamps(self) -> tuple[float, ...]:
-        return tuple(Path(p).stat().st_mtime_ns for p in self._paths)
+    def _read_files(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        return _read(self._cert), _read(self._key), _read(self._ca)
 
-    def _configuration(self) -> Any:
-        key, cert = _read(self._key), _read(self._cert)
+    @staticmethod
+    def _configuration(files: tuple[bytes | None, bytes | None, bytes | None]) -> Any:
+        cert, key, ca = files
         assert key is not None and cert is not None
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=_read(self._ca))
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
     def fetch(self) -> Any:
         """gRPC's certificate-configuration fetcher: None keeps the current one."""
@@ -60,14 +61,14 @@ class ReloadingServerCertificate:
                 return None
             self._checked = now
             try:
-                stamp = self._stamps()
-                if stamp == self._stamp:
+                files = self._read_files()
+                if files == self._files:
                     return None
-                configuration = self._configuration()
+                configuration = self._configuration(files)
             except (OSError, ValueError) as exc:
                 log.warning("TLS files changed but cannot be read yet (%s); keeping the current certificate", exc)
                 return None
-            self._stamp = stamp
+            self._files = files
             log.info("TLS certificate reloaded from %s", self._cert)
             return configuration
 
