@@ -1,31 +1,55 @@
 """The public gRPC API: each method converts the message, calls :class:`gateway.core.Gateway`, and
-converts the answer back. Errors become statuses in the shared interceptor."""
+converts the answer back. Errors become statuses in the shared interceptor. A write sent again with
+the same request id gets its first reply (:mod:`gateway.replay`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from gateway import convert
 from gateway.audit import audited
 from gateway.core import Gateway, IngestIncomplete, IngestItem
+from gateway.replay import RecentReplies, request_key
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
+from orbithash_serving.access import current_principal
 
 # Trailing metadata of a failed Ingest: the IngestSummary of what was stored (see the proto).
 INGEST_SUMMARY_KEY = "orbithash-ingest-summary-bin"
+M = TypeVar("M", bound=Message)
+
+
+def _size(reply: Message) -> int:
+    return reply.ByteSize()
 
 
 class GatewayServicer(rpc.GatewayServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, replies: RecentReplies | None = None) -> None:
         self._gateway = gateway
+        self._replies = replies or RecentReplies()
+
+    def _once(self, method: str, context: grpc.ServicerContext, run: Callable[[], M],
+              request: Message | None = None) -> M:
+        """``run()`` once per request id of this caller (see gateway.replay); ``request``: a unary
+        write's message, whose digest must match on every try (a stream is not read twice)."""
+        who = current_principal()
+        key = request_key(context.invocation_metadata() or (), who.name if who else context.peer(), method)
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest() if request else b""
+        return self._replies.once(key, run, context.time_remaining(), _size, digest)
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         result = self._gateway.search(convert.search_request_from_pb(request), context.time_remaining())
         return convert.search_response_to_pb(result)
 
     def Ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
+        return self._once("Ingest", context, lambda: self._ingest(request_iterator, context))
+
+    def _ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
         received = 0
 
         def items() -> Iterator[IngestItem]:
@@ -60,16 +84,23 @@ class GatewayServicer(rpc.GatewayServicer):
 
     def UpdateMetadata(self, request: pb.UpdateMetadataRequest,
                        context: grpc.ServicerContext) -> pb.UpdateMetadataResponse:
-        with audited("update_metadata", requested=len(request.updates)) as audit:
-            result = self._gateway.update_metadata(convert.metadata_updates_from_pb(request), context.time_remaining())
-            audit.note(updated=result.updated, missing=len(result.missing))
-        return convert.update_metadata_response_to_pb(result)
+        def run() -> pb.UpdateMetadataResponse:
+            with audited("update_metadata", requested=len(request.updates)) as audit:
+                result = self._gateway.update_metadata(convert.metadata_updates_from_pb(request),
+                                                       context.time_remaining())
+                audit.note(updated=result.updated, missing=len(result.missing))
+            return convert.update_metadata_response_to_pb(result)
+
+        return self._once("UpdateMetadata", context, run, request)
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
-        with audited("delete", requested=len(request.ids)) as audit:
-            result = self._gateway.delete(list(request.ids), context.time_remaining())
-            audit.note(deleted=result.deleted, missing=len(result.missing))
-        return convert.delete_response_to_pb(result)
+        def run() -> pb.DeleteResponse:
+            with audited("delete", requested=len(request.ids)) as audit:
+                result = self._gateway.delete(list(request.ids), context.time_remaining())
+                audit.note(deleted=result.deleted, missing=len(result.missing))
+            return convert.delete_response_to_pb(result)
+
+        return self._once("Delete", context, run, request)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         return convert.info_response_to_pb(self._gateway.info(context.time_remaining()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ R = TypeVar("R")
 
 # Trailing metadata of a failed Ingest: the IngestSummary of what that stream stored (see the proto).
 INGEST_SUMMARY_KEY = "orbithash-ingest-summary-bin"
+REQUEST_ID_KEY = "orbithash-request-id"  # one per write, the same on every try (see the proto's Gateway)
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the services' own limit
 _MIN_TIMEOUT_S = 0.001
 
@@ -212,11 +214,17 @@ class OrbitHashClient:
                 self.retry.sleep(delay)
                 retries += 1
 
-    def _call(self, method: str, request: Any, timeout: float | None, context: str = "") -> Any:
+    def _write_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of one write: a fresh request id, sent with every try of it, so the gateway
+        answers a try sent after a lost reply with the first try's reply instead of running again."""
+        return (*self._metadata, (REQUEST_ID_KEY, uuid.uuid4().hex))
+
+    def _call(self, method: str, request: Any, timeout: float | None, context: str = "", write: bool = False) -> Any:
         """One unary call with the deadline, retries and error mapping."""
         stub_method = getattr(self._stub, method)
+        metadata = self._write_metadata() if write else self._metadata
         try:
-            reply, _ = self._attempts(lambda left: stub_method(request, timeout=left, metadata=self._metadata),
+            reply, _ = self._attempts(lambda left: stub_method(request, timeout=left, metadata=metadata),
                                       self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, context) from exc
@@ -293,8 +301,10 @@ class OrbitHashClient:
         def failed(exc: grpc.RpcError) -> None:
             partials.append(_trailing_summary(exc))
 
+        metadata = self._write_metadata()
+
         def stream(left: float) -> pb.IngestSummary:
-            return self._stub.Ingest(iter(messages), timeout=left, metadata=self._metadata)
+            return self._stub.Ingest(iter(messages), timeout=left, metadata=metadata)
 
         try:
             reply, retries = self._attempts(stream, timeout, failed)
@@ -382,12 +392,14 @@ class OrbitHashClient:
         before anything is written; ids not stored are reported as missing, never created."""
         pairs = list(updates.items() if isinstance(updates, Mapping) else updates)
         return convert.update_result_from_pb(
-            self._call("UpdateMetadata", convert.metadata_updates_to_pb(pairs), timeout))
+            self._call("UpdateMetadata", convert.metadata_updates_to_pb(pairs), timeout, write=True))
 
     def delete(self, ids: str | Iterable[str], *, timeout: float | None = None) -> DeleteResult:
-        """Delete items by id, in one call (every id is checked before any is deleted). After a
-        retry, ids the failed attempt deleted are counted as missing."""
-        return convert.delete_result_from_pb(self._call("Delete", pb.DeleteRequest(ids=as_ids(ids)), timeout))
+        """Delete items by id, in one call (every id is checked before any is deleted). A try sent
+        again after a lost reply gets the first try's reply from the gateway that ran it (another
+        gateway replica would count the ids the first try deleted as missing)."""
+        return convert.delete_result_from_pb(self._call("Delete", pb.DeleteRequest(ids=as_ids(ids)), timeout,
+                                                        write=True))
 
     def info(self, *, timeout: float | None = None) -> Info:
         """The served model and every shard's item count and health."""

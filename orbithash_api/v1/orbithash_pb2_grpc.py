@@ -94,14 +94,20 @@ class GatewayServicer:
         refused item (bad id or label, an id given twice, an undecodable image) refuses the stream and
         nothing is stored; the message names the item's position in the stream. A shard failing
         during the writes ends the call with its status and a message (and an IngestSummary in
-        trailing metadata) saying exactly what was stored. Deleting is all-or-nothing likewise.
+        trailing metadata) saying exactly what was stored.
+
+        Ingest, Delete and UpdateMetadata take an optional request id (metadata
+        "orbithash-request-id", 1..128 of [A-Za-z0-9_-], the same on every try of one write): a try
+        sent again after a lost reply gets the first try's reply instead of running again on top of
+        it. Replies are kept ten minutes, by the gateway process that ran the write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every id is checked before any is deleted; each shard's share goes in rounds of its batch size.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

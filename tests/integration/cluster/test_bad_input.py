@@ -100,6 +100,29 @@ def test_a_compressed_request_is_refused_before_it_is_inflated(gateway: rpc.Gate
     assert gateway.Info(pb.InfoRequest(), timeout=10).total == total
 
 
+def test_a_write_sent_again_with_its_request_id_gets_the_first_reply(gateway: rpc.GatewayStub, ucm_subset: Split,
+                                                                      total: int) -> None:
+    """A client that lost a reply sends the write again: run twice, the Delete said "missing" for
+    the id it had deleted and the Ingest "replaced" for the item it had stored."""
+    image = ucm_subset.database[0].data
+    first_try = [("orbithash-request-id", "ingest-try-1")]
+    stored = gateway.Ingest(iter([pb.IngestItem(id="replayed", image=image)]), timeout=60, metadata=first_try)
+    again = gateway.Ingest(iter([pb.IngestItem(id="replayed", image=image)]), timeout=60, metadata=first_try)
+    assert (again.ingested, again.replaced) == (stored.ingested, stored.replaced) == (1, 0)
+    fresh = gateway.Ingest(iter([pb.IngestItem(id="replayed", image=image)]), timeout=60,
+                           metadata=[("orbithash-request-id", "ingest-try-2")])
+    assert fresh.replaced == 1  # another write: it ran
+    delete_try = [("orbithash-request-id", "delete-1")]
+    deleted = gateway.Delete(pb.DeleteRequest(ids=["replayed"]), timeout=10, metadata=delete_try)
+    assert gateway.Delete(pb.DeleteRequest(ids=["replayed"]), timeout=10, metadata=delete_try) == deleted
+    assert (deleted.deleted, list(deleted.missing)) == (1, [])
+    err = refused(gateway.Delete, pb.DeleteRequest(ids=["other"]), timeout=10, metadata=delete_try)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "already used for another Delete" in err.details()
+    err = refused(gateway.Delete, pb.DeleteRequest(ids=["x"]), timeout=10,
+                  metadata=[("orbithash-request-id", "not plain;")])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "orbithash-request-id must be" in err.details()
+
+
 def test_an_empty_search_is_told_what_is_missing(gateway: rpc.GatewayStub) -> None:
     err = refused(gateway.Search, pb.SearchRequest(), timeout=10)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

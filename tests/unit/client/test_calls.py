@@ -144,6 +144,30 @@ def test_unavailable_is_sent_again_with_exponential_backoff(sleeps: list[float])
                for _, _, timeout, metadata in stub.calls)
 
 
+def request_ids(stub: ScriptedStub, method: str) -> list[str]:
+    return [dict(metadata).get("orbithash-request-id", "") for name, _, _, metadata in stub.calls if name == method]
+
+
+def test_every_try_of_one_write_carries_the_same_request_id(sleeps: list[float]) -> None:
+    """So that the gateway answers a try sent after a lost reply with the first try's reply,
+    instead of running the write again ("missing" for the ids the first try deleted)."""
+    stub = ScriptedStub(Delete=[unavailable(), pb.DeleteResponse(deleted=1), pb.DeleteResponse(deleted=1)],
+                        UpdateMetadata=[unavailable(), pb.UpdateMetadataResponse(updated=1)],
+                        Ingest=[unavailable(), summary_of], Info=[INFO])
+    client = client_with(stub, sleeps)
+    client.delete(["a"])
+    client.delete(["b"])
+    first, again, other = request_ids(stub, "Delete")
+    assert first == again and first != other and len(first) == 32
+    client.update_metadata({"a": Metadata(sensor="MSI")})
+    assert len(set(request_ids(stub, "UpdateMetadata"))) == 1
+    client.ingest([Item(f"i-{i}", b"x") for i in range(3)], batch_size=2)
+    tries = request_ids(stub, "Ingest")
+    assert len(tries) == 3 and tries[0] == tries[1] != tries[2] and all(tries)
+    client.info()
+    assert request_ids(stub, "Info") == [""]  # reads need none
+
+
 @pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED,
                                   grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL])
 def test_nothing_but_unavailable_is_retried(code: grpc.StatusCode, sleeps: list[float]) -> None:
