@@ -16,7 +16,8 @@ stored ids, the served model version), so that calls get past the first check. `
 method send a valid message's bytes mutated at random (invalid UTF-8, broken lengths: what the
 proto cannot build). Some calls also carry hostile metadata: a shard's write limit
 (``orbithash-not-after``) that is NaN, infinite, garbage or long past, unknown keys, odd text and
-binary values. Nothing runs concurrently: each answer is checked against the state before it.
+binary values, and write request ids, fresh or malformed. Nothing runs concurrently: each answer
+is checked against the state before it.
 
 On a cluster with tokens (``--tls``, or ``--token-file``), ``--probes`` more calls per gateway
 method carry a credential that must be refused: no token, one that is not ``Bearer``, an unknown
@@ -79,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from end_to_end import ingest
 
+from gateway.replay import REQUEST_ID_KEY
 from gateway.roles import METHOD_ROLES
 from gateway.servicer import INGEST_SUMMARY_KEY
 from orbithash.data import Split, load_split
@@ -376,16 +378,18 @@ class Generator:
         return self.rng.choice([b"", b"\x00", bytes(self.rng.randrange(256) for _ in range(50)), b"\xff" * 70_000])
 
     def metadata(self) -> list[tuple[str, str | bytes]]:
-        """Metadata a hostile client adds: write limits that are no time (or long past), unknown
-        keys, odd text and binary values (each under gRPC's 8 KB metadata limit, all together);
-        half of such calls go without a deadline."""
+        """Metadata a hostile client adds: write limits that are no time (or long past), request ids
+        (fresh or malformed), unknown keys, odd text and binary values (each under gRPC's 8 KB
+        metadata limit, all together); half of such calls go without a deadline."""
         if self.rng.random() >= (0.15 if self.hostile_rate == self.PLAUSIBLE else 0.5):
             return []
         self.deadline = self.rng.random() < 0.5
         out: list[tuple[str, str | bytes]] = []
         for _ in range(self.rng.randint(1, 3)):
-            kind = self.rng.randrange(3)
-            if kind == 0:
+            kind = self.rng.randrange(4)
+            if kind == 3:  # a write's request id: a fresh one (each call its own), or not a valid one
+                out.append((REQUEST_ID_KEY, self.rng.choice([uuid.uuid4().hex, "", "a" * 200, "x;y", "../..", " "])))
+            elif kind == 0:
                 out.append((NOT_AFTER_KEY, self.rng.choice(
                     ["nan", "inf", "-inf", "1e400", "", "soon", "0x10", "1.5", f"{time.time() + 600:.6f}"])))
             elif kind == 1:
