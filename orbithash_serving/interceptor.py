@@ -200,7 +200,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     finish(start, context.code() or grpc.StatusCode.UNKNOWN)
                     raise
                 fail(exc, context, start)
-            finish(start, context.code() or grpc.StatusCode.OK)
+            finish(start, context.code() or (grpc.StatusCode.OK if context.is_active()
+                                             else _ended_by_caller(context)[0]))
             return response
 
         def stream_out(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
@@ -214,7 +215,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     finish(start, context.code() or grpc.StatusCode.UNKNOWN)
                     raise
                 fail(exc, context, start)
-            finish(start, grpc.StatusCode.OK)
+            # A cancelled caller can also end the request stream as if it had closed it: the handler
+            # then returns normally, but nobody receives the answer.
+            finish(start, grpc.StatusCode.OK if context.is_active() else _ended_by_caller(context)[0])
 
         return stream_out if streaming_out else unary_out
 
