@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -660,11 +660,9 @@ class Gateway:
         for item in staged:
             groups.setdefault(self._shard_of(item.id), []).append(item)
         summary = IngestSummary(received=len(staged), per_shard=[0] * len(self.shards))
-        step = self.limits.write_batch
         bits, version = self.facts.bits, self.facts.version
-        for start in range(0, max(len(g) for g in groups.values()), step):
-            calls = {shard: partial(self.shards[shard].add, group[start:start + step], bits, version)
-                     for shard, group in groups.items() if start < len(group)}
+        for part in _rounds(groups, self.limits.write_batch):
+            calls = {shard: partial(self.shards[shard].add, items, bits, version) for shard, items in part.items()}
             answers, errors = self._fan_out(calls, budget)
             for shard, written in answers.items():
                 summary.ingested += written.added
@@ -732,12 +730,11 @@ class Gateway:
         check_ids(ids)
         groups = self._group(ids)  # each id once: a repeat in a later round would find it gone, "missing"
         budget = self._budget(remaining)
-        step = self.limits.write_batch  # a shard takes at most its max_batch ids per call
         deleted = 0
         missing: dict[int, list[str]] = {shard: [] for shard in sorted(groups)}
-        for start in range(0, max(len(g) for g in groups.values()), step):
-            answers, errors = self._fan_out({shard: partial(self.shards[shard].delete, group[start:start + step])
-                                             for shard, group in groups.items() if start < len(group)}, budget)
+        for part in _rounds(groups, self.limits.write_batch):  # a shard takes at most its max_batch ids per call
+            answers, errors = self._fan_out({shard: partial(self.shards[shard].delete, group)
+                                             for shard, group in part.items()}, budget)
             for shard, done in answers.items():
                 deleted += done.deleted
                 missing[shard] += done.missing
@@ -771,6 +768,13 @@ def _certainly_unwritten(exc: Exception) -> bool:
     """A shard write that failed without applying anything: refused before its Lua script (the
     request itself), or never sent. A call that broke off or timed out may have been applied."""
     return isinstance(exc, NotSent | InvalidInput | Mismatch | ResourceExhausted)
+
+
+def _rounds(groups: dict[int, list[T]], step: int) -> Iterator[dict[int, list[T]]]:
+    """Each shard's share in rounds of at most ``step``: round r holds items r·step.. of every shard
+    that has them, so one failing round stops the writes with every earlier round known."""
+    for start in range(0, max((len(g) for g in groups.values()), default=0), step):
+        yield {shard: group[start:start + step] for shard, group in groups.items() if start < len(group)}
 
 
 def _failed_writes(errors: dict[int, Exception], done: str) -> str:

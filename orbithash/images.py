@@ -242,9 +242,10 @@ def _check_tiff_chain(data: bytes) -> None:
     order = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")
     count_format, entry_bytes, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
+    count_size, offset_size = struct.calcsize(count_format), struct.calcsize(offset_format)
     first_at = 8 if big else 4
     cut = InvalidInput("TIFF page chain points outside the file; the file is damaged or cut short")
-    if len(data) < first_at + struct.calcsize(offset_format):
+    if len(data) < first_at + offset_size:
         raise cut
     offset = struct.unpack_from(order + offset_format, data, first_at)[0]
     page_of: dict[int, int] = {}
@@ -255,11 +256,10 @@ def _check_tiff_chain(data: bytes) -> None:
             raise InvalidInput(f"TIFF of more than {MAX_TIFF_PAGES} pages is over the limit of {MAX_TIFF_PAGES}; "
                                "send one image per file")
         page_of[offset] = len(page_of)
-        if offset + struct.calcsize(count_format) > len(data):
+        if offset + count_size > len(data):
             raise cut
-        entries = struct.unpack_from(order + count_format, data, offset)[0]
-        next_at = offset + struct.calcsize(count_format) + entries * entry_bytes
-        if next_at + struct.calcsize(offset_format) > len(data):
+        next_at = offset + count_size + struct.unpack_from(order + count_format, data, offset)[0] * entry_bytes
+        if next_at + offset_size > len(data):
             raise cut
         offset = struct.unpack_from(order + offset_format, data, next_at)[0]
 
