@@ -26,6 +26,9 @@ figure, run here one after the other (≈ 4 more minutes):
   rpc_p50_ms                IndexShard.Search over loopback, k=100 (bench/index_search.py rpc;
                             1M items, 100k with --quick)
   shard_concurrency_speedup queries/s at concurrency 4 / 1 on one shard (bench/shard_concurrency.py, 100k)
+  rpc_floor_p50_ms, floor_speedup_c4
+                            the same two measures against a bare gRPC server that does nothing
+                            (bench/grpc_floor.py), in the same run: the gRPC-Python floor under them
   ratio_100k, ratio_128, ratio_256
                             our single-query time / FAISS IndexBinaryFlat's (bench/index_search.py sizes)
 
@@ -83,7 +86,8 @@ def components(quick: bool) -> dict[str, float]:
     return {"shard_bytes_per_item": out["bytes_per_item_index"], "redis_bytes_per_item": out["redis_bytes_per_item"],
             "rpc_p50_ms": out["rpc_p50_ms"], "shard_concurrency_speedup": out["speedup_c4_100k"],
             "ratio_100k": out["ratio_100k"], "ratio_128": out["ratio_128"], "ratio_256": out["ratio_256"],
-            "shard_rss_bytes_per_item": out.get("bytes_per_item_shard"), "rpc_items": out.get("n_rpc")}
+            "shard_rss_bytes_per_item": out.get("bytes_per_item_shard"), "rpc_items": out.get("n_rpc"),
+            "rpc_floor_p50_ms": out["rpc_floor_p50_ms"], "floor_speedup_c4": out["floor_speedup_c4_100k"]}
 
 
 def reference_rate(session: ort.InferenceSession, facts: ModelFacts, images: list[bytes]) -> float:
@@ -206,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             ("UC Merced mAP, served", f"{ucm_map:.4f}", f"{len(queries)} queries")]
     rows += [(name, str(figures[name]), f"{op} {bound:g}") for name, (op, bound) in TARGETS.items()
              if name in figures and name not in ("e2e_p50_ms", "e2e_p99_ms", "e2e_throughput_ratio", "ingest_ratio")]
+    rows += [(name, str(figures[name]), "reference: a bare gRPC server") for name in ("rpc_floor_p50_ms",
+                                                                                      "floor_speedup_c4")
+             if name in figures]
     print(f"model {facts.version} ({facts.bits} bits), {len(split.database)} database images, {_cpus()} CPUs")
     print("| measure | value | target |\n|---|---|---|")
     for row in rows:

@@ -258,6 +258,7 @@ def rss_bytes(pid: int) -> int:
 def rpc_section(n: int, out: dict) -> None:
     """A real redis-server (appendfsync always) and ``python -m index_service`` over loopback."""
     import grpc
+    from grpc_floor import FloorServer, floor_call
 
     import index_service
     from gateway.clients import ShardClient
@@ -285,7 +286,9 @@ def rpc_section(n: int, out: dict) -> None:
             requests = [pb.AddRequest(items=[pb.Item(id=f"item-{i}", code=codes[i].tobytes(), label=i % 21)
                                              for i in range(a, min(n, a + 1000))], bits=bits, model_version=version)
                         for a in range(0, n, 1000)]
-            with grpc.insecure_channel(address) as channel:
+            # The floor: a bare gRPC server (bench/grpc_floor.py), called between the shard's calls.
+            with (grpc.insecure_channel(address) as channel, FloorServer() as floor,
+                  grpc.insecure_channel(floor.address) as floor_channel):
                 stub = rpc.IndexShardStub(channel)
                 t = time.perf_counter()
                 for request in requests:
@@ -302,8 +305,10 @@ def rpc_section(n: int, out: dict) -> None:
                 for request in search[:50]:  # warm-up; lets a shard >= MIH_MIN_ITEMS build its tables
                     stub.Search(request, timeout=30)
                 time.sleep(3)
-                times, times_old, times_client, times_client_old = [], [], [], []
+                times, times_old, times_client, times_client_old, times_floor = [], [], [], [], []
                 shard_client, shard_client_old = ShardClient(0, address), ShardClient(0, address, packed=False)
+                empty_call = floor_call(floor_channel)
+                empty_call(0)
                 # Paired: each query asked both ways, the order alternating, so load drifts hit both alike.
                 for j, (request, old) in enumerate(zip(packed[50:], search[50:], strict=True)):
                     for ask in ((request, old) if j % 2 else (old, request)):
@@ -318,15 +323,20 @@ def rpc_section(n: int, out: dict) -> None:
                         hits = merge_topk(c.search(query, 30), 100)
                         (times_client if c.packed else times_client_old).append(time.perf_counter() - t)
                         assert len(hits) == 100
+                    t = time.perf_counter()  # the same machine's gRPC floor, between the shard's calls
+                    empty_call(j)
+                    times_floor.append(time.perf_counter() - t)
                 shard_client.close()
                 shard_client_old.close()
             for key, ts in (("rpc", times), ("rpc_unpacked", times_old), ("rpc_client", times_client),
-                            ("rpc_client_unpacked", times_client_old)):
+                            ("rpc_client_unpacked", times_client_old), ("rpc_floor", times_floor)):
                 out[f"{key}_p50_ms"] = round(float(np.percentile(ts, 50)) * 1e3, 3)
                 out[f"{key}_p99_ms"] = round(float(np.percentile(ts, 99)) * 1e3, 3)
             row(f"gRPC Search {n // 1000}k, 1 query, k=100, p50 (ms)", out["rpc_p50_ms"], "",
                 "200 queries, loopback, packed hits")
             row(f"gRPC Search {n // 1000}k, 1 query, k=100, p99 (ms)", out["rpc_p99_ms"])
+            row("  empty call to a bare gRPC server, same reply size, p50 (ms)", out["rpc_floor_p50_ms"], "",
+                "the gRPC-Python floor (bench/grpc_floor.py), interleaved")
             row("  same, one Hit message per hit, p50 / p99 (ms)",
                 f"{out['rpc_unpacked_p50_ms']:.3f} / {out['rpc_unpacked_p99_ms']:.3f}", "",
                 "the answer before issue 14")

@@ -14,11 +14,16 @@ puts on the speedup: a machine of C cores serves at most C ÷ (CPU per call) cal
 ``ceiling_c4 = cores / (cpu_ms_per_call at c=4 / 1000) / qps_c1``. A speedup below 1.8 with a
 ceiling below 1.8 says the machine is out of cores, not that the shard serialises.
 
+The reference in the same run: each level is also run against a bare gRPC server that answers
+every call at once (bench/grpc_floor.py), right after the shard's, so ``floor_speedup_c4`` says
+what gRPC's Python layer reaches on this machine with no shard work at all.
+
 ``--checkout DIR`` runs the shard process from another checkout of this repository (e.g. a
 ``git worktree`` of an older commit) while the client stays this one, so a before/after
 comparison uses the same load generator. Prints a table and a
 final JSON line (``qps_c1``, ``qps_c2``, ``qps_c4``, ``speedup_c4``, ``cpu_ms_per_call_c<N>``
-(shard, client), ``ceiling_c4``, per size).
+(shard, client), ``ceiling_c4``,
+``floor_qps``, ``floor_speedup_c4``, per size).
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
-from cpu_per_query import cpu_seconds
+from grpc_floor import Call, FloorServer, floor_call, rate, rate_measured
 
 import index_service
 from orbithash_api.v1 import orbithash_pb2 as pb
@@ -57,42 +62,18 @@ def hit_count(reply: pb.ShardSearchResponse) -> int:
     return len(reply.packed[0].distances) // 4 if reply.packed else len(reply.results[0].hits)
 
 
-def run_load(address: str, concurrency: int, seconds: float, queries: list[pb.ShardSearchRequest]) -> float:
-    """Answers per second with ``concurrency`` threads, each on its own channel, for ``seconds``."""
-    counts = [0] * concurrency
-    start = threading.Barrier(concurrency + 1)
-    stop_at: list[float] = []
+def searcher(queries: list[pb.ShardSearchRequest]) -> Callable[[grpc.Channel], Call]:
+    """A ``grpc_floor.rate`` call factory: call i sends query i (mod their number), checks k hits."""
 
-    def worker(w: int) -> None:
-        with grpc.insecure_channel(address) as channel:
-            stub = rpc.IndexShardStub(channel)
-            stub.Search(queries[w], timeout=30)  # connect before the clock starts
-            start.wait()
-            i = w
-            while time.perf_counter() < stop_at[0]:
-                reply = stub.Search(queries[i % len(queries)], timeout=30)
-                assert hit_count(reply) == K
-                counts[w] += 1
-                i += concurrency
+    def make(channel: grpc.Channel) -> Call:
+        stub = rpc.IndexShardStub(channel)
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    stop_at.append(time.perf_counter() + seconds + 0.05)
-    t0 = time.perf_counter()
-    start.wait()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+        def one(i: int) -> None:
+            assert hit_count(stub.Search(queries[i % len(queries)], timeout=30)) == K
 
+        return one
 
-def run_measured(address: str, pid: int, concurrency: int, seconds: float,
-                 queries: list[pb.ShardSearchRequest]) -> tuple[float, float, float]:
-    """(answers/s, shard CPU ms per call, load generator CPU ms per call) of one ``run_load``."""
-    shard0, client0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.perf_counter()
-    qps = run_load(address, concurrency, seconds, queries)
-    calls = qps * (time.perf_counter() - t0)
-    return qps, (cpu_seconds(pid) - shard0) * 1e3 / calls, (cpu_seconds(os.getpid()) - client0) * 1e3 / calls
+    return make
 
 
 def measure(n: int, seconds: float, checkout: Path, out: dict, packed: bool = True) -> None:
@@ -112,10 +93,17 @@ def measure(n: int, seconds: float, checkout: Path, out: dict, packed: bool = Tr
                        for q in rng.integers(0, 256, (256, BITS // 8), dtype=np.uint8)]
             # Warm-up; a shard of >= MIH_MIN_ITEMS builds its multi-index tables in the background
             # after its first searches: let that finish so it does not load the first level only.
-            run_load(address, 2, 1.0, queries)
+            search = searcher(queries)
+            rate(address, 2, 1.0, search)
             time.sleep(3.0 if n >= 250_000 else 0.0)
-            run_load(address, 2, 1.0, queries)
-            measured = {c: run_measured(address, shard.process.pid, c, seconds, queries) for c in (1, 2, 4)}
+            rate(address, 2, 1.0, search)
+            # The floor (grpc_floor.py) level by level beside the shard, so both see the same machine.
+            with FloorServer() as floor:
+                rate(floor.address, 2, 0.5, floor_call)
+                measured, floors = {}, {}
+                for c in (1, 2, 4):
+                    measured[c] = rate_measured(address, shard.process.pid, c, seconds, search)
+                    floors[c] = rate_measured(floor.address, floor.pid, c, seconds, floor_call)
         finally:
             if shard is not None:
                 shard.process.stop()
@@ -131,8 +119,12 @@ def measure(n: int, seconds: float, checkout: Path, out: dict, packed: bool = Tr
     ceiling = cores / (sum(measured[4][1:]) / 1e3) / qps1
     out[f"speedup_c4_{label}"] = round(measured[4][0] / qps1, 2)
     out[f"ceiling_c4_{label}"] = round(ceiling, 2)
+    out[f"floor_qps_{label}"] = {c: round(f[0], 1) for c, f in floors.items()}
+    out[f"floor_speedup_c4_{label}"] = round(floors[4][0] / floors[1][0], 2)
     print(f"  {label:>6} codes: speedup at concurrency 4 {measured[4][0] / qps1:.2f}x; ceiling on {cores} cores "
           f"at that CPU per call {ceiling:.2f}x")
+    print("  gRPC floor (grpc_floor.py, same levels): " + ", ".join(f"c={c} {f[0]:.0f}/s" for c, f in floors.items())
+          + f"; speedup at concurrency 4 {floors[4][0] / floors[1][0]:.2f}x")
 
 
 def main() -> None:
