@@ -3,6 +3,7 @@ ports, shard addresses, the CPU overlay, metric names, and the GPU Triton config
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
 import dataclasses
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -193,6 +195,100 @@ def test_index_pods_take_the_shard_from_their_ordinal(tmp_path: Path) -> None:
         assert (parsed.shard, parsed.redis_username) == (int(shard), f"shard-{shard}")
     bad = subprocess.run(container["command"], env={**env, "HOSTNAME": "index"}, capture_output=True)
     assert bad.returncode != 0
+
+
+# -- images --------------------------------------------------------------------------------------
+
+def dockerignore_rules(dockerfile: Path) -> list[tuple[bool, re.Pattern]]:
+    """(excludes, pattern) of ``<Dockerfile>.dockerignore`` as BuildKit reads them: ``*`` stays within
+    one path segment, ``**`` spans any, a pattern also covers everything under a folder it matches."""
+    rules = []
+    for line in Path(f"{dockerfile}.dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        include = line.startswith("!")
+        glob = os.path.normpath(line.removeprefix("!").strip()).lstrip("/")
+        regex = ""
+        for part in re.split(r"(\*\*/|\*\*|\*|\?)", glob):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+        rules.append((not include, re.compile(regex)))
+    return rules
+
+
+def build_context(dockerfile: Path) -> set[str]:
+    """The files (relative to the repository) a build from the repository root sends to the builder."""
+    rules = dockerignore_rules(dockerfile)
+
+    def excluded(rel: str) -> bool:
+        parts = rel.split("/")
+        verdict = False
+        for excludes, pattern in rules:  # the last rule that matches the path or a folder above it wins
+            if any(pattern.fullmatch("/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+                verdict = excludes
+        return verdict
+
+    files = set()
+    for top in REPO.iterdir():
+        if top.name in {".git", ".venv"} or (excluded(top.name) and not any(
+                not ex and p.pattern.startswith(re.escape(top.name)) for ex, p in rules)):
+            continue  # not walked: nothing under it can be in the context
+        paths = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        files |= {rel for p in paths if not excluded(rel := p.relative_to(REPO).as_posix())}
+    return files
+
+
+def first_party_imports(path: Path, packages: set[str]) -> set[str]:
+    """Dotted names of the first-party modules a file imports (at any depth: lazy imports run too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {n for n in names if n.split(".")[0] in packages}
+
+
+def module_file(name: str) -> str | None:
+    base = REPO / name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(REPO).as_posix()
+    return None  # an attribute (``from pkg.mod import Class``), not a module
+
+
+def test_dockerignore_reader_follows_buildkit(tmp_path: Path) -> None:
+    ignore = tmp_path / "Dockerfile.dockerignore"
+    ignore.write_text("*\n!orbithash/\n**/__pycache__\n")
+    rules = dockerignore_rules(tmp_path / "Dockerfile")
+    assert [(ex, p.pattern) for ex, p in rules] == [(True, "[^/]*"), (False, "orbithash"),
+                                                     (True, "(?:.*/)?__pycache__")]
+    assert rules[2][1].fullmatch("orbithash/index/__pycache__") and not rules[1][1].fullmatch("orbithash_api")
+
+
+def test_service_image_holds_every_module_its_entrypoints_import() -> None:
+    """`python -m gateway|encoder_service|index_service` in the image: every first-party module they
+    import, however deep, is in the build context that `pip install /src` installs from."""
+    dockerfile = DEPLOY / "docker" / "Dockerfile"
+    context = build_context(dockerfile)
+    assert {"pyproject.toml", "constraints.txt", "README.md"} <= context
+    roles = re.search(r"^ARG ROLES=(\S+)$", dockerfile.read_text(), re.M)[1].split(",")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert set(roles) <= set(project["project"]["optional-dependencies"]), roles
+    packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()}
+    todo, seen, missing = [f"{m}.__main__" for m in SETTINGS], set(), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or (path := module_file(name)) is None:
+            continue
+        seen.add(name)
+        if path not in context:
+            missing.add(path)
+            continue
+        todo += first_party_imports(REPO / path, packages)
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parent packages
+    assert {f"{m}/__main__.py" for m in SETTINGS} <= context
+    assert not missing, f"imported by the services but left out of the image: {sorted(missing)}"
 
 
 # -- ports and addresses -------------------------------------------------------------------------
