@@ -8,49 +8,60 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from orbithash import ResourceExhausted
 
 MIB = 1024 * 1024
-MAX_TRACKED_CLIENTS = 100_000  # buckets of idle clients are dropped beyond this many
+MAX_TRACKED_CLIENTS = 100_000  # rate buckets kept at most, least recently used dropped first
 
 
 class RateLimiter:
     """A token bucket per client: ``rate`` requests a second, bursts of up to ``burst``.
 
-    ``rate`` 0 turns it off. Idle full buckets are forgotten, so a stream of new client names
-    cannot grow it without bound.
+    ``rate`` 0 turns it off. At most ``max_clients`` buckets are kept, least recently used first
+    out, so a stream of new client names (addresses of an IPv6 prefix) costs O(1) a call and bounded
+    memory; a client pushed out that way gets a full bucket again, as an idle one would.
     """
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 max_clients: int = MAX_TRACKED_CLIENTS) -> None:
         self.rate = rate
         self.burst = max(burst, 1)
+        self.max_clients = max(max_clients, 1)
         self._clock = clock
         self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}  # client → (tokens, at)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client → (tokens, at), oldest first
+
+    @property
+    def tracked(self) -> int:
+        return len(self._buckets)
 
     def take(self, client: str) -> None:
         if self.rate <= 0:
             return
         now = self._clock()
         with self._lock:
-            tokens, at = self._buckets.get(client, (float(self.burst), now))
+            tokens, at = self._buckets.pop(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1.0:
-                self._buckets[client] = (tokens, now)
-                wait_ms = math.ceil((1.0 - tokens) / self.rate * 1000)
-                raise ResourceExhausted(f"rate limit for {client!r}: {self.rate:g} requests/s (bursts of "
-                                        f"{self.burst}) exceeded; retry in {wait_ms} ms")
-            self._buckets[client] = (tokens - 1.0, now)
-            if len(self._buckets) > MAX_TRACKED_CLIENTS:
-                self._forget_idle(now)
+            allowed = tokens >= 1.0
+            self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
+            self._forget(now)
+        if not allowed:
+            wait_ms = math.ceil((1.0 - tokens) / self.rate * 1000)
+            raise ResourceExhausted(f"rate limit for {client!r}: {self.rate:g} requests/s (bursts of "
+                                    f"{self.burst}) exceeded; retry in {wait_ms} ms")
 
-    def _forget_idle(self, now: float) -> None:
+    def _forget(self, now: float) -> None:
+        """Drop the oldest buckets while they are full again (idle) or there are too many."""
         full_after = self.burst / self.rate
-        for client in [c for c, (_, at) in self._buckets.items() if now - at >= full_after]:
-            del self._buckets[client]
+        while self._buckets:
+            oldest, (_, at) = next(iter(self._buckets.items()))
+            if len(self._buckets) <= self.max_clients and now - at < full_after:
+                return
+            del self._buckets[oldest]
 
 
 class StreamSlots:

@@ -41,16 +41,33 @@ def test_rate_zero_is_no_limit() -> None:
         limiter.take("x")
 
 
-def test_idle_clients_are_forgotten(monkeypatch) -> None:
-    import orbithash_serving.limits as limits
-
-    monkeypatch.setattr(limits, "MAX_TRACKED_CLIENTS", 10)
+def test_idle_clients_are_forgotten() -> None:
     clock = Clock()
-    limiter = RateLimiter(rate=100, burst=1, clock=clock)
+    limiter = RateLimiter(rate=100, burst=1, clock=clock, max_clients=10)
     for n in range(11):
         limiter.take(f"c{n}")
         clock.now += 1
-    assert len(limiter._buckets) <= 2
+    assert limiter.tracked <= 2
+
+
+def test_clients_that_are_all_active_stay_bounded_and_the_least_recent_goes_first() -> None:
+    # Many addresses (an IPv6 /64) each sending within the refill time: none is idle, and before
+    # this every call above the bound scanned every bucket under the lock while the table kept growing.
+    clock = Clock()
+    limiter = RateLimiter(rate=1, burst=2, clock=clock, max_clients=10)
+    limiter.take("station")
+    limiter.take("station")  # its burst is spent
+    for n in range(50):
+        limiter.take(f"addr-{n}")
+        if n % 5 == 0:
+            with pytest.raises(ResourceExhausted):
+                limiter.take("station")  # still limited: a recent client keeps its bucket
+        assert limiter.tracked <= 10
+    assert limiter.tracked == 10
+    limiter.take("addr-0")  # the least recent went first: a fresh bucket
+    limiter.take("addr-0")
+    with pytest.raises(ResourceExhausted):
+        limiter.take("addr-0")
 
 
 def test_stream_slots_refuse_beyond_the_limit_and_free_on_exit() -> None:
