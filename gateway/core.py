@@ -386,7 +386,10 @@ class Gateway:
         self._pool = futures.ThreadPoolExecutor(max_workers=concurrency * len(self.shards),
                                                 thread_name_prefix="fan-out")
         registry = registry if registry is not None else CollectorRegistry()
-        self._partial = Counter("orbithash_gateway_partial_results", "Searches answered without some shard.",
+        # Both count queries (a SearchMany of n counts n): the partial-results alert divides one by the other.
+        self._searches = Counter("orbithash_gateway_searches", "Search queries answered, partial or not.",
+                                 registry=registry)
+        self._partial = Counter("orbithash_gateway_partial_results", "Search queries answered without some shard.",
                                 registry=registry)
         self._ingested = Counter("orbithash_gateway_ingested_items", "Items ingested.", registry=registry)
 
@@ -502,6 +505,7 @@ class Gateway:
             failed.append(shard)
         if len(failed) == len(self.shards):
             raise Unavailable("every index shard failed; no results")
+        self._searches.inc(len(queries))
         if failed:
             self._partial.inc(len(queries))
         order = sorted(answers)

@@ -36,6 +36,7 @@ from tritonclient.grpc import model_config_pb2
 from encoder_service.settings import EncoderSettings
 from gateway.settings import GatewaySettings
 from index_service.settings import IndexSettings
+from orbithash import Unavailable
 from orbithash.export.onnx_export import triton_config
 from orbithash.model_facts import ModelFacts
 
@@ -509,6 +510,49 @@ def test_prometheus_config_matches_the_pods() -> None:
             for d in base_docs() if d["kind"] in WORKLOADS}
     local = {t["labels"]["job"] for j in config["scrape_configs"] for t in j.get("static_configs", [])}
     assert local and local <= jobs
+
+
+class AnsweringShard:
+    """A shard that holds nothing, or is down."""
+
+    def __init__(self, down: bool) -> None:
+        self.down = down
+        self.address = "shard:1"
+
+    def search(self, query, timeout: float) -> list:
+        if self.down:
+            raise Unavailable("index shard: UNAVAILABLE Socket closed")
+        return [[] for _ in query.codes]
+
+
+def test_partial_results_alert_divides_queries_by_queries() -> None:
+    """The ratio the alert takes, on the gateway's own counters: a SearchMany of 3 queries with a
+    shard down is 3 of 3 queries partial (its numerator counts queries, so must its denominator)."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.core import ByCode, Gateway, Limits, SearchManyRequest, SearchRequest
+
+    [rule] = [r for r in alert_rules() if r["alert"] == "OrbitHashPartialResults"]
+    numerator, denominator = re.findall(r"rate\(([\w:]+)", rule["expr"])
+    registry = CollectorRegistry()
+    shards = [AnsweringShard(down=False), AnsweringShard(down=False)]
+    gateway = Gateway(None, shards, FACTS, Limits(max_k=10, timeout_s=5.0, ingest_batch=8), registry)
+    try:
+        def ratio() -> float:
+            values = [registry.get_sample_value(name) for name in (numerator, denominator)]
+            assert None not in values, f"the gateway does not export {numerator} and {denominator}"
+            return values[0] / values[1]
+
+        code = bytes(FACTS.bits // 8)
+        gateway.search(SearchRequest(ByCode(code), k=1), None)
+        assert ratio() == 0
+        shards[1].down = True
+        gateway.search_many(SearchManyRequest([ByCode(code)] * 3, k=1), None)
+        assert ratio() == 3 / 4
+        gateway.search(SearchRequest(ByCode(code), k=1), None)
+        assert ratio() == 4 / 5
+    finally:
+        gateway.close()
 
 
 # -- GPU Triton config ---------------------------------------------------------------------------
