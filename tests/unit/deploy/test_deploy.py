@@ -498,6 +498,31 @@ def test_alert_label_values_exist() -> None:
             assert set(value.split("|")) <= codes, f"{value}: grpc_code holds Python StatusCode names"
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", markdown, re.M)}
+
+
+def test_alerts_say_what_to_do_and_link_a_runbook_that_exists() -> None:
+    """On-call reads summary, description and runbook: each is there, and the runbook link names a
+    file in the repository and a heading in it. Pages wait out a blip; every `for:` is a duration."""
+    for rule in alert_rules():
+        notes, name = rule.get("annotations", {}), rule["alert"]
+        assert notes.get("summary") and notes.get("description"), name
+        path, _, anchor = notes.get("runbook_url", "").partition("#")
+        assert path and (REPO / path).is_file(), f"{name}: runbook {path!r} is no file in the repository"
+        assert anchor in heading_anchors((REPO / path).read_text()), f"{name}: {path} has no heading #{anchor}"
+        assert re.fullmatch(r"(\d+[smh])+", rule["for"]), f"{name}: for {rule['for']!r}"
+        aggregations = re.findall(r"\b(?:sum|avg|min|max|count)\s*(?:by\s*\(([^)]*)\))?\s*\(", rule["expr"])
+        if aggregations:  # an aggregated alert keeps only the labels every aggregation keeps
+            kept = set.intersection(*({w.strip() for w in by.split(",") if w.strip()} for by in aggregations))
+            used = set(re.findall(r"\$labels\.(\w+)", json.dumps(notes)))
+            assert used <= kept, f"{name}: its annotations use {sorted(used - kept)}, which the expression drops"
+        if rule["labels"]["severity"] == "page":
+            assert re.fullmatch(r"([2-9]|\d\d+)m|\d+h", rule["for"]), f"{name}: a page waits 2 minutes or more"
+
+
 def test_prometheus_config_matches_the_pods() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     for rule_file in config["rule_files"]:
