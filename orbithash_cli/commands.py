@@ -46,8 +46,9 @@ def resolve_gateway(given: str | None) -> str:
             return str(json.loads(CLUSTER_STATE.read_text())["endpoints"]["gateway"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    raise UsageError(f"which gateway? give --gateway HOST:PORT or set ${GATEWAY_ENV} "
-                     f"(no running `orbithash up` recorded in {CLUSTER_STATE})")
+    raise UsageError(f"which gateway? give --gateway HOST:PORT or set ${GATEWAY_ENV} (no cluster recorded in "
+                     f"{CLUSTER_STATE} under this folder: start one here with `orbithash up`, or run this command "
+                     "from the folder where it runs)")
 
 
 def _cluster_security() -> dict[str, str]:
@@ -133,7 +134,8 @@ def _security_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", metavar="PEM", default=None, help="client certificate, if the gateway asks for one")
     p.add_argument("--tls-key", metavar="PEM", default=None, help="key of --tls-cert")
     p.add_argument("--token-file", metavar="FILE", default=None,
-                   help=f"file holding the bearer token (default ${TOKEN_ENV})")
+                   help=f"file holding the bearer token (default: the token itself in ${TOKEN_ENV}, else the "
+                        "admin token of the `orbithash up --tls` run from here)")
     p.add_argument("--token", action=_NoTokenOnTheCommandLine, help=argparse.SUPPRESS)
 
 

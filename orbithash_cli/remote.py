@@ -23,17 +23,32 @@ from orbithash_client import (
 REFUSED = (InvalidArgument, ResourceExhausted)
 DENIED = (Unauthenticated, PermissionDenied)
 UNREACHABLE = (Unavailable, DeadlineExceeded)
+# What a connection failure's gRPC message shows, and what to check then.
+_UNREACHABLE_ADVICE = (
+    ("Socket closed", " (a TLS gateway closes plaintext connections like this: give --tls-ca or $ORBITHASH_TLS_CA)"),
+    ("Connection refused", " (nothing listens there: is the cluster running, and is this the gateway's port? "
+                           "`orbithash up` prints it and records it in runs/cluster/cluster.json)"),
+    ("CERTIFICATE_VERIFY_FAILED", " (the gateway's certificate is not signed by the CA given: give that cluster's "
+                                  "CA, runs/cluster/pki/ca.pem for `orbithash up --tls`)"),
+)
 TIMEOUT_S = 60.0  # each call's deadline, retries included (an ingest batch has its own, --timeout)
 
 
 def connect(address: str, *, token: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
             tls_key: str | None = None, timeout: float = TIMEOUT_S, **client_options: object) -> OrbitHashClient:
     """A client of ``address``: TLS when any of the TLS files is given, the token on every call."""
+    flags = {"ca_file": ("--tls-ca", tls_ca), "cert_file": ("--tls-cert", tls_cert), "key_file": ("--tls-key", tls_key)}
     try:
         return OrbitHashClient(address, timeout=timeout, token=token, tls=bool(tls_ca or tls_cert), ca_file=tls_ca,
                                cert_file=tls_cert, key_file=tls_key, **client_options)  # type: ignore[arg-type]
-    except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        flag = next((f for f, path in flags.values() if path is not None and str(path) == str(exc.filename)), "")
+        raise UsageError(f"{flag + ': ' if flag else ''}cannot read {exc.filename}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        message = str(exc).replace("ca_file= (or tls=True)", "--tls-ca PEM")
+        for name, (flag, _) in flags.items():  # the library's argument names, as this command spells them
+            message = message.replace(name, flag)
+        raise UsageError(message) from exc
 
 
 def cli_error(exc: BaseException) -> CliError:
@@ -41,8 +56,7 @@ def cli_error(exc: BaseException) -> CliError:
     if isinstance(exc, CliError):
         return exc
     if isinstance(exc, UNREACHABLE):
-        hint = (" (a TLS gateway closes plaintext connections like this: give --tls-ca or $ORBITHASH_TLS_CA)"
-                if "Socket closed" in exc.message else "")
+        hint = next((advice for sign, advice in _UNREACHABLE_ADVICE if sign in exc.message), "")
         return GatewayUnreachable(f"the gateway cannot be reached: {exc.message}{hint}")
     if isinstance(exc, REFUSED):
         return UsageError(f"refused by the gateway: {exc.message}")

@@ -54,10 +54,16 @@ def tls_credentials(ca_file: str | Path | None = None, cert_file: str | Path | N
     if (cert_file is None) != (key_file is None):
         raise ValueError("cert_file and key_file go together")
 
-    def read(path: str | Path | None) -> bytes | None:
-        return None if path is None else Path(path).read_bytes()
+    def read(name: str, path: str | Path | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        data = Path(path).read_bytes()
+        if b"-----BEGIN" not in data:  # else gRPC only fails the first call, "Failed to create security handshaker"
+            raise ValueError(f"{name} {path} holds no PEM {what} (no '-----BEGIN' line)")
+        return data
 
-    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+    return grpc.ssl_channel_credentials(read("ca_file", ca_file, "certificate"), read("key_file", key_file, "key"),
+                                        read("cert_file", cert_file, "certificate"))
 
 
 def _is_loopback(target: str) -> bool:

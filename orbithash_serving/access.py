@@ -187,7 +187,8 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     values = [v for k, v in metadata if k == "authorization"]
     if not values:
         raise Unauthenticated("this service needs a bearer token: send the metadata "
-                              "'authorization: Bearer <token>' (orbithash --token, or ORBITHASH_TOKEN)")
+                              "'authorization: Bearer <token>' (orbithash --token-file FILE, or the token in "
+                              "$ORBITHASH_TOKEN; OrbitHashClient(token=...))")
     if len(values) > 1:
         raise Unauthenticated(f"send exactly one 'authorization' metadata, not {len(values)}")
     raw = values[0]

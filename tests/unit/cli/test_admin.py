@@ -13,7 +13,7 @@ from unit.cli.cli_support import FakeClient
 
 from orbithash_cli import commands
 from orbithash_cli.remote import cli_error
-from orbithash_client import FailedPrecondition, InvalidArgument, Item, Metadata, NotFound, ShardInfo
+from orbithash_client import FailedPrecondition, InvalidArgument, Item, Metadata, NotFound, ShardInfo, Unavailable
 
 
 @pytest.fixture()
@@ -114,3 +114,22 @@ def test_ctrl_d_at_the_delete_prompt_deletes_nothing(stocked: FakeClient, run, c
     monkeypatch.setattr("builtins.input", end_of_input)
     assert run("delete", "a") == 1
     assert "a" in stocked.stored and "nothing deleted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("grpc_message", "advice"), [
+    ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: "
+     "Connection refused", "nothing listens there"),
+    ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: Tls handshake failed "
+     "(TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate",
+     "not signed by the CA given"),
+])
+def test_an_unreachable_gateway_says_what_to_check(grpc_message: str, advice: str) -> None:
+    error = cli_error(Unavailable(grpc_message, grpc.StatusCode.UNAVAILABLE))
+    assert error.exit_code == 3 and advice in str(error)
+
+
+def test_no_recorded_cluster_says_how_to_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(commands.GATEWAY_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(commands.UsageError, match=r"start one here with `orbithash up`"):
+        commands.resolve_gateway(None)

@@ -61,3 +61,21 @@ def test_no_command_takes_a_token_as_an_argument(capsys: pytest.CaptureFixture[s
             parser.parse_args([name, "--token", "ohk_secret"])
         err = capsys.readouterr().err
         assert "not taken on the command line" in err and "ohk_secret" not in err
+
+
+def test_a_tls_file_that_is_missing_or_no_pem_is_named_by_its_option(tmp_path: Path) -> None:
+    from orbithash_cli.remote import connect
+
+    with pytest.raises(UsageError, match=r"--tls-ca: cannot read .*nofile\.pem: No such file or directory"):
+        connect("127.0.0.1:1", tls_ca=str(tmp_path / "nofile.pem"))
+    token = tmp_path / "reader.token"
+    token.write_text("ohk_x\n")
+    with pytest.raises(UsageError, match=r"--tls-ca .*reader\.token holds no PEM certificate"):
+        connect("127.0.0.1:1", tls_ca=str(token))
+    with pytest.raises(UsageError, match=r"plaintext to 10\.0\.0\.5:1: pass --tls-ca PEM for TLS"):
+        connect("10.0.0.5:1", token="ohk_x")
+
+
+def test_the_token_file_help_says_the_variable_holds_the_token_itself() -> None:
+    helps = {a.dest: a.help for a in commands.build_parser()._subparsers._group_actions[0].choices["info"]._actions}
+    assert "$ORBITHASH_TOKEN" in helps["token_file"] and "the token itself" in helps["token_file"]

@@ -28,6 +28,17 @@ def test_client_certificate_needs_its_key_and_files_must_exist(tmp_path: Path) -
         OrbitHashClient("127.0.0.1:1", ca_file=tmp_path / "missing.pem")
 
 
+def test_a_tls_file_that_holds_no_pem_is_refused_by_name(tmp_path: Path) -> None:
+    """gRPC would only say 'Failed to create security handshaker' on the first call (and log to stderr)."""
+    token = tmp_path / "reader.token"
+    token.write_text("ohk_x\n")  # the mix-up a newcomer makes: the token file given as the CA
+    with pytest.raises(ValueError, match=r"ca_file .*reader\.token holds no PEM certificate"):
+        OrbitHashClient("127.0.0.1:1", ca_file=token)
+    ca = CertificateAuthority(tmp_path / "ca")
+    with pytest.raises(ValueError, match=r"key_file .*reader\.token holds no PEM"):
+        OrbitHashClient("127.0.0.1:1", ca_file=ca.cert_path, cert_file=ca.cert_path, key_file=token)
+
+
 def test_tls_without_a_ca_file_uses_system_roots() -> None:
     with OrbitHashClient("example.invalid:443", tls=True, token="ohk_x") as client:
         assert isinstance(client._channel, grpc.Channel)

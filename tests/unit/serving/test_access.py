@@ -176,3 +176,11 @@ def _touch_later(path: Path) -> None:
     """A new modification time even on a coarse clock."""
     stamp = time.time_ns() + 5_000_000_000
     os.utime(path, ns=(stamp, stamp))
+
+
+def test_the_missing_token_advice_names_options_that_exist(tokens) -> None:
+    """The CLI takes --token-file or $ORBITHASH_TOKEN; `--token` itself is refused (it would show in ps)."""
+    path, _ = tokens
+    with pytest.raises(Unauthenticated) as refused:
+        TokenAdmission(TokenBook(str(path)), NEEDS).admit("Search", Context([]))
+    assert "--token-file" in str(refused.value) and "--token," not in str(refused.value)
