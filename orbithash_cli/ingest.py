@@ -348,9 +348,9 @@ def command(args: argparse.Namespace, connect: Callable[[str | None], OrbitHashC
     try:
         sidecar = load_sidecars(args.metadata or [])
         if not found.sources and not found.problems:
-            print("no JPEG, PNG or TIFF images found" + (f" ({found.ignored} other files left alone)"
-                                                         if found.ignored else ""), file=sys.stderr)
-            return OK
+            left = [f"{found.ignored} other file(s) left alone"] if found.ignored else []
+            raise UsageError("; ".join([f"no JPEG, PNG or TIFF image in {' '.join(args.paths)}", *left,
+                                        *filter(None, [found.zip_advice()])]) + "; nothing was sent")
         journal_path = args.journal or default_path(found.roots, options.id_prefix)
         about = {"roots": [str(r.resolve()) for r in found.roots], "id_prefix": options.id_prefix}
         client = connect(args.gateway)
@@ -381,7 +381,8 @@ def _say_plan(report: Report, journal: Journal, found: Found, sidecar: Sidecar) 
     if report.journaled:
         lines.append(f"skipping {report.journaled} image(s) already acknowledged (in the journal)")
     if found.ignored:
-        lines.append(f"left alone {found.ignored} file(s) that are not JPEG, PNG or TIFF")
+        lines.append(f"left alone {found.ignored} file(s) that are not JPEG, PNG or TIFF"
+                     + (f"; {found.zip_advice()}" if found.walked_zips else ""))
     if sidecar.ignored:
         lines.append(f"metadata: ignored column(s)/propert(ies) {', '.join(sorted(sidecar.ignored))}")
     unused = sidecar.unused()

@@ -152,6 +152,7 @@ class Found:
     problems: list[Problem] = field(default_factory=list)
     roots: list[Path] = field(default_factory=list)  # the folder (or zip) each argument stands for
     ignored: int = 0                                   # files that are not JPEG/PNG/TIFF
+    walked_zips: list[Path] = field(default_factory=list)  # zip files inside folders: counted in ignored, not opened
     archives: list[_Archive] = field(default_factory=list)
     seen: set[Key] = field(default_factory=set)        # files, folders and zips taken (each once)
 
@@ -162,6 +163,13 @@ class Found:
             return False
         self.seen.add(key)  # type: ignore[arg-type]
         return True
+
+    def zip_advice(self) -> str:
+        """What to do about the zip files a folder walk passed by ('' when none)."""
+        if not self.walked_zips:
+            return ""
+        return (f"{len(self.walked_zips)} zip file(s) among them: a zip inside a folder is opened only when named, "
+                f"e.g. `orbithash ingest '{self.walked_zips[0].parent}/*.zip'`")
 
     def close(self) -> None:
         for archive in self.archives:
@@ -267,6 +275,8 @@ def _walk(folder: Path, found: Found) -> Iterator[Path]:
                 yield Path(entry.path)
             else:
                 found.ignored += 1
+                if entry.name.lower().endswith(".zip"):
+                    found.walked_zips.append(Path(entry.path))
         stack.extend(reversed(folders))  # depth first, in name order
 
 

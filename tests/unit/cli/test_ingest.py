@@ -130,8 +130,35 @@ def test_usage_errors_exit_2_and_send_nothing(tmp_path: Path, client: FakeClient
         run("ingest")  # argparse: no PATH
     assert exited.value.code == 2
     assert client.calls == []
+
+
+def test_paths_holding_no_image_are_a_usage_error_that_says_why(tmp_path: Path, client: FakeClient, run,
+                                                                capsys) -> None:
+    """A mistyped folder or glob, or zips walked past, used to end 'no images found' with exit 0 (and,
+    with --json, no summary): a script could not tell it from success."""
     (tmp_path / "empty").mkdir()
-    assert run("ingest", str(tmp_path / "empty")) == 0
+    assert run("ingest", str(tmp_path / "empty"), "--json") == 2
+    err = capsys.readouterr().err
+    assert "no JPEG, PNG or TIFF image" in err and str(tmp_path / "empty") in err
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    with zipfile.ZipFile(drop / "pass-1.zip", "w") as z:
+        z.writestr("a.jpg", image_bytes(kind="JPEG"))
+    (drop / "notes.txt").write_text("x")
+    assert run("ingest", str(drop)) == 2
+    err = capsys.readouterr().err
+    assert "2 other file(s) left alone" in err and "1 zip file(s)" in err and "drop/*.zip" in err
+    assert run("ingest", str(tmp_path / "nothing-*.tif")) == 2
+    assert "nothing-*.tif" in capsys.readouterr().err
+    assert client.calls == []
+
+
+def test_zips_walked_past_are_named_beside_the_images_sent(tmp_path: Path, client: FakeClient, run, capsys) -> None:
+    _tree(tmp_path / "scenes", 1)
+    with zipfile.ZipFile(tmp_path / "scenes" / "more.zip", "w") as z:
+        z.writestr("a.jpg", image_bytes(kind="JPEG"))
+    assert run("ingest", str(tmp_path / "scenes"), "--quiet") == 0
+    assert "1 zip file(s)" in capsys.readouterr().err and len(client.stored) == 1
 
 
 def test_an_unreachable_gateway_exits_3_and_the_rerun_resumes(tmp_path: Path, client: FakeClient, run,
