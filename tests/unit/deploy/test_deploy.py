@@ -292,6 +292,23 @@ def test_service_image_holds_every_module_its_entrypoints_import() -> None:
     assert not missing, f"imported by the services but left out of the image: {sorted(missing)}"
 
 
+def test_deploy_docs_name_files_that_exist() -> None:
+    """A path in backquotes in deploy/'s READMEs and runbook, read from the repository root or the
+    document's folder, names a file or folder that exists (or one that is generated and git-ignored)."""
+    checked, wrong = 0, []
+    for doc in DEPLOY.rglob("*.md"):
+        for token in set(re.findall(r"`([\w.-]+(?:/[\w.-]+)+/?)`", doc.read_text())):
+            for root in (REPO, doc.parent):
+                if (root / token.split("/")[0]).exists():
+                    checked += 1
+                    probe = root / token / "x" if token.endswith("/") else root / token  # a folder's content
+                    ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=REPO).returncode == 0
+                    if not (root / token).exists() and not ignored:
+                        wrong.append(f"{doc.relative_to(REPO)}: {token}")
+                    break
+    assert checked >= 10 and not wrong, wrong
+
+
 # -- ports and addresses -------------------------------------------------------------------------
 
 def test_service_ports_match_container_ports() -> None:
