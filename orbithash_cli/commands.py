@@ -173,7 +173,8 @@ def add_commands(sub) -> None:  # sub: argparse._SubParsersAction
                         help="a bad file: report it and go on (skip, default) or stop the run (fail)")
     ingest.add_argument("--retry-s", type=float, default=30.0,
                         help="keep retrying an unreachable gateway this many seconds (default 30)")
-    ingest.add_argument("--timeout", type=float, default=120.0, help="deadline of one ingest call, seconds")
+    ingest.add_argument("--timeout", type=float, default=120.0,
+                        help="deadline of one ingest call, seconds (default 120)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.add_argument("--json", action="store_true", help="end with a JSON summary on standard output")
     ingest.set_defaults(func=_runner("ingest", "command"))
@@ -224,6 +225,13 @@ def add_commands(sub) -> None:  # sub: argparse._SubParsersAction
     _add_loadtest(sub, formatter)
 
 
+def describe_commands(sub) -> None:  # sub: argparse._SubParsersAction
+    """Each command's one-line summary (its ``help`` in the list of commands) also heads its own ``--help``."""
+    for summary in sub._choices_actions:
+        command = sub.choices[summary.dest]
+        command.description = command.description or summary.help
+
+
 def _add_loadtest(sub, formatter) -> None:  # sub: argparse._SubParsersAction
     loadtest = sub.add_parser(
         "loadtest", help="a closed-loop load of searches and ingests: QPS, p50/p90/p99, errors by code",
@@ -258,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="OrbitHash operator commands (docs/ground-station.md)")
     sub = parser.add_subparsers(dest="command", required=True)
     add_commands(sub)
+    describe_commands(sub)
     return parser
 
 

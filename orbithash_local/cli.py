@@ -1,4 +1,4 @@
-"""The ``orbithash`` command: demo, up, down, train, evaluate; ingest, search, get, delete, info, loadtest."""
+"""The ``orbithash`` command: demo, up, down, token, train, evaluate; ingest, search, get, delete, info, loadtest."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ DEFAULT_WORK = Path("runs") / "cluster"
 DEFAULT_CHECKPOINTS = Path("runs") / "checkpoints"
 DEFAULT_EVAL = Path("runs") / "evaluate"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+DESCRIPTION = ("OrbitHash: deep-hashing retrieval of remote-sensing scenes on a gRPC cluster. Run the cluster: up, "
+               "down, token, demo; the model: train, evaluate; talk to a running cluster: ingest, search, get, "
+               "delete, info, loadtest. `orbithash COMMAND --help` for each; README.md and docs/ground-station.md "
+               "walk through them.")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -53,11 +57,19 @@ def exposure_warning(host: str, port: int | str, tls: bool = False) -> str | Non
 
 
 def _up(args: argparse.Namespace) -> int:
+    from orbithash.model_facts import ModelFactsError
     from orbithash_local.cluster import Cluster, ClusterConfig
 
     config = ClusterConfig(model_repository=args.model_repository, work_dir=args.work_dir, shards=args.shards,
                            use_triton=not args.embedded, gateway_port=args.port, gateway_host=args.host,
                            supervise=True, metrics_port=args.metrics_port, tls=args.tls)
+    try:
+        cluster = Cluster(config)  # reads the exported model's facts; starts nothing yet
+    except ModelFactsError as exc:
+        print(f"orbithash up: no usable exported model in {args.model_repository} ({exc}). Give "
+              "--model-repository the repository's model_repository/ folder, or make one with `orbithash train`",
+              file=sys.stderr)
+        return 2
     (args.work_dir / "logs").mkdir(parents=True, exist_ok=True)
     launcher_log = logging.FileHandler(args.work_dir / "logs" / "launcher.log")
     launcher_log.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -65,7 +77,7 @@ def _up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Cluster(config) as cluster:
+    with cluster:
         endpoints = cluster.endpoints()
         print(json.dumps(endpoints, indent=2))
         warning = exposure_warning(args.host, str(endpoints["gateway"]).rsplit(":", 1)[1], args.tls)
@@ -249,20 +261,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orbithash", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(prog="orbithash", description=DESCRIPTION)
+    parser.add_argument("--log-level", default="INFO",
+                        help="DEBUG, INFO, WARNING or ERROR: what the cluster commands log (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model-repository", type=Path, default=DEFAULT_REPO)
+        p.add_argument("--model-repository", type=Path, default=DEFAULT_REPO,
+                       help=f"the exported model Triton serves (`orbithash train` writes it; default {DEFAULT_REPO})")
 
     demo = sub.add_parser("demo", help="train or reuse a model, run the cluster, ingest, query, score")
     common(demo)
     demo.add_argument("--data", type=Path, default=None,
                       help="UC Merced (folder or zip), CIFAR-10 or any ImageFolder tree; "
                            "default: ../shared/data/ucmerced.zip, else scikit-learn digits")
-    demo.add_argument("--bits", type=int, default=64)
-    demo.add_argument("--shards", type=int, default=2)
+    demo.add_argument("--bits", type=int, default=64, help="code length of the model trained if none matches (64)")
+    demo.add_argument("--shards", type=int, default=2, help="index shards (2)")
     demo.add_argument("--queries", type=int, default=None, help="use only the first N queries")
     demo.add_argument("--embedded", action="store_true", help="in-process ONNX Runtime instead of Triton")
     demo.add_argument("--retrain", action="store_true", help="train even if a matching model is exported")
@@ -272,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole cluster on loopback, restarting children that exit, "
                                    "until Ctrl-C or `orbithash down`")
     common(up)
-    up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
-    up.add_argument("--shards", type=int, default=2)
+    up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
+                    help=f"state, logs and Redis data, kept across restarts (default {DEFAULT_WORK}; the operator "
+                         "commands find the cluster there when run from this folder)")
+    up.add_argument("--shards", type=int, default=2, help="index shards (2)")
     up.add_argument("--port", type=int, default=0, help="gateway port (0: a free one)")
     up.add_argument("--host", default="127.0.0.1",
                     help="address the gateway binds (default loopback; 0.0.0.0: every interface). The other "
@@ -288,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_up)
 
     down = sub.add_parser("down", help="stop a cluster started by `orbithash up` and wait until it stopped")
-    down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
+                      help=f"the --work-dir the cluster was started with (default {DEFAULT_WORK})")
     down.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the cluster to stop")
     down.set_defaults(func=_down)
 
@@ -305,14 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=None, help="training config (.yaml/.toml, see configs/)")
         p.add_argument("--data", type=Path, default=None, help="dataset zip or folder (overrides the config)")
-        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
         p.add_argument("--method", default=None, help="loss: dhcnn, dpsh, dsh, aurora (overrides the config)")
         p.add_argument("--epochs", type=int, default=None, help="head epochs (overrides the config)")
 
     train = sub.add_parser("train", help="train a model and export it to the model repository")
     common(train)
     run_options(train)
-    train.add_argument("--bits", type=int, default=None)
+    train.add_argument("--bits", type=int, default=None, help="code length (overrides the config)")
     train.add_argument("--checkpoint", type=Path, default=None,
                        help=f"head checkpoint, resumed when it matches (default under {DEFAULT_CHECKPOINTS})")
     train.add_argument("--fp32", action="store_true",
@@ -326,16 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--exported", action="store_true",
                           help="score the exported model in --model-repository (what the encoder serves)")
     evaluate.set_defaults(bits=None)
-    evaluate.add_argument("--methods", default="dhcnn,dpsh,dsh,itq,lsh")
-    evaluate.add_argument("--bits-list", default="16,32,48,64")
+    evaluate.add_argument("--methods", default="dhcnn,dpsh,dsh,itq,lsh",
+                          help="comma-separated methods to score (default dhcnn,dpsh,dsh,itq,lsh)")
+    evaluate.add_argument("--bits-list", default="16,32,48,64", help="comma-separated code lengths (16,32,48,64)")
     evaluate.add_argument("--out", type=Path, default=DEFAULT_EVAL, help="report.json and PNG plots go here")
     evaluate.set_defaults(func=_evaluate)
 
     # Operator commands (ingest, search, get, delete, info): their module holds only argument
     # definitions; the client, Pillow and tqdm are imported when one of them runs.
-    from orbithash_cli.commands import add_commands
+    from orbithash_cli.commands import add_commands, describe_commands
 
     add_commands(sub)
+    describe_commands(sub)
     return parser
 
 
