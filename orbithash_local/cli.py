@@ -18,6 +18,7 @@ DEFAULT_REPO = Path("model_repository")
 DEFAULT_WORK = Path("runs") / "cluster"
 DEFAULT_CHECKPOINTS = Path("runs") / "checkpoints"
 DEFAULT_EVAL = Path("runs") / "evaluate"
+DEFAULT_TOKENS = DEFAULT_WORK / "secrets" / "tokens.json"  # what `orbithash up --tls` writes
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 DESCRIPTION = ("OrbitHash: deep-hashing retrieval of remote-sensing scenes on a gRPC cluster. Run the cluster: up, "
                "down, token, demo; the model: train, evaluate; talk to a running cluster: ingest, search, get, "
@@ -105,8 +106,12 @@ def _token(args: argparse.Namespace) -> int:
     if args.action in ("create", "revoke") and not args.name:
         print(f"orbithash token {args.action}: --name is required (who holds the token)", file=sys.stderr)
         return 2
-    if args.action != "create" and not path.exists():
-        print(f"orbithash token {args.action}: no token file at {path} (--file)", file=sys.stderr)
+    # A new file only where asked for by --file, in a folder that exists: the default is the one
+    # `orbithash up --tls` made here, and a token in a file no gateway reads would do nothing.
+    if not path.exists() and (args.action != "create" or path == DEFAULT_TOKENS or not path.parent.is_dir()):
+        print(f"orbithash token {args.action}: no token file at {path}: `orbithash up --tls` makes one in its "
+              "--work-dir (run this from the folder it runs in), or give --file the gateway's tokens_file",
+              file=sys.stderr)
         return 2
     if args.action == "create":
         expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=args.expires_days)) if args.expires_days else None
@@ -311,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="create, list or revoke the gateway's bearer tokens (stored hashed)")
     token.add_argument("action", choices=("create", "list", "revoke"))
-    token.add_argument("--file", type=Path, default=DEFAULT_WORK / "secrets" / "tokens.json",
+    token.add_argument("--file", type=Path, default=DEFAULT_TOKENS,
                        help="the gateway's token file (its tokens_file setting; default: the one `orbithash up "
                             "--tls` made here)")
     token.add_argument("--name", help="who holds it (create, revoke), e.g. station-a")

@@ -93,3 +93,14 @@ def test_up_without_an_exported_model_says_where_it_looked_and_what_to_do(tmp_pa
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(tmp_path / "none") in err
     assert "--model-repository" in err and "orbithash train" in err
+
+
+def test_token_create_without_a_secure_cluster_here_says_so(tmp_path, capsys, monkeypatch) -> None:
+    """It ended in a FileNotFoundError traceback (runs/cluster/secrets/ does not exist without `up --tls`)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["token", "create", "--name", "station-a"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "orbithash up --tls" in err and "--file" in err
+    assert not (tmp_path / "runs").exists()
+    assert main(["token", "create", "--name", "a", "--file", str(tmp_path / "no" / "tokens.json")]) == 2
+    assert main(["token", "create", "--name", "a", "--file", str(tmp_path / "tokens.json")]) == 0  # a new file
