@@ -4,7 +4,6 @@ the same request id gets its first reply (:mod:`gateway.replay`)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -14,7 +13,7 @@ from google.protobuf.message import Message
 from gateway import convert
 from gateway.audit import audited
 from gateway.core import Gateway, IngestIncomplete, IngestItem
-from gateway.replay import RecentReplies, request_key
+from gateway.replay import Key, RecentReplies, StreamDigest, message_digest, request_key
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_serving.access import current_principal
@@ -33,13 +32,15 @@ class GatewayServicer(rpc.GatewayServicer):
         self._gateway = gateway
         self._replies = replies or RecentReplies()
 
-    def _once(self, method: str, context: grpc.ServicerContext, run: Callable[[], M],
-              request: Message | None = None) -> M:
-        """``run()`` once per request id of this caller (see gateway.replay); ``request``: a unary
-        write's message, whose digest must match on every try (a stream is not read twice)."""
+    def _key(self, method: str, context: grpc.ServicerContext) -> Key | None:
         who = current_principal()
-        key = request_key(context.invocation_metadata() or (), who.name if who else context.peer(), method)
-        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest() if request else b""
+        return request_key(context.invocation_metadata() or (), who.name if who else context.peer(), method)
+
+    def _once(self, method: str, context: grpc.ServicerContext, run: Callable[[], M], request: Message) -> M:
+        """``run()`` once per request id of this caller (see gateway.replay), for a unary write whose
+        message must be the same on every try."""
+        key = self._key(method, context)
+        digest = message_digest(request) if key else b""
         return self._replies.once(key, run, context.time_remaining(), _size, digest)
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
@@ -47,7 +48,13 @@ class GatewayServicer(rpc.GatewayServicer):
         return convert.search_response_to_pb(result)
 
     def Ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
-        return self._once("Ingest", context, lambda: self._ingest(request_iterator, context))
+        key = self._key("Ingest", context)
+        if key is None:
+            return self._ingest(request_iterator, context)
+        # With a request id, the stream is hashed as it is read, so a try with other items is refused.
+        stream = StreamDigest(request_iterator, self._gateway.limits.max_ingest_items)
+        return self._replies.once(key, lambda: self._ingest(iter(stream), context), context.time_remaining(),
+                                  _size, stream.digest)
 
     def _ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
         received = 0

@@ -109,6 +109,11 @@ def test_a_write_sent_again_with_its_request_id_gets_the_first_reply(gateway: rp
     stored = gateway.Ingest(iter([pb.IngestItem(id="replayed", image=image)]), timeout=60, metadata=first_try)
     again = gateway.Ingest(iter([pb.IngestItem(id="replayed", image=image)]), timeout=60, metadata=first_try)
     assert (again.ingested, again.replaced) == (stored.ingested, stored.replaced) == (1, 0)
+    # The same id on another stream (a client bug): refused, never answered "stored 1" for items it did not store.
+    err = refused(gateway.Ingest, iter([pb.IngestItem(id="not-replayed", image=image)]), timeout=60,
+                  metadata=first_try)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "already used for another Ingest" in err.details()
+    assert gateway.Info(pb.InfoRequest(), timeout=10).total == total + 1
     fresh = gateway.Ingest(iter([pb.IngestItem(id="replayed", image=image)]), timeout=60,
                            metadata=[("orbithash-request-id", "ingest-try-2")])
     assert fresh.replaced == 1  # another write: it ran

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from gateway.replay import RecentReplies, request_key
+from gateway.replay import RecentReplies, StreamDigest, request_key
 from orbithash import InvalidInput, Unavailable
+from orbithash_api.v1 import orbithash_pb2 as pb
 
 
 class Clock:
@@ -108,6 +110,79 @@ def test_an_id_reused_for_another_write_is_refused() -> None:
     with pytest.raises(InvalidInput, match="request id r was already used for another Delete"):
         replies.once(("a", "Delete", "r"), lambda: "deleted y", 10, size=1, fingerprint=b"ids: y")
     assert replies.once(("a", "Delete", "r"), lambda: "ran", 10, size=1, fingerprint=b"ids: x") == "deleted x"
+
+
+def test_a_stream_is_fingerprinted_once_read_and_an_id_reused_for_another_stream_is_refused() -> None:
+    """A stream's digest is known only once it has been read: the first try's after its run, a
+    copy's by reading its own stream through (the fingerprint callable) before any reply is replayed."""
+    replies = RecentReplies()
+    read: list[str] = []
+
+    def stream(name: str) -> Callable[[], bytes]:
+        def digest() -> bytes:
+            read.append(name)
+            return name.encode()
+        return digest
+
+    assert replies.once(("a", "Ingest", "r"), lambda: "stored 1", 10, size=1, fingerprint=stream("x")) == "stored 1"
+    assert read == ["x"]  # the first try's, after its run
+    assert replies.once(("a", "Ingest", "r"), lambda: "ran", 10, size=1, fingerprint=stream("x")) == "stored 1"
+    with pytest.raises(InvalidInput, match="request id r was already used for another Ingest"):
+        replies.once(("a", "Ingest", "r"), lambda: "stored 2", 10, size=1, fingerprint=stream("y"))
+    assert read == ["x", "x", "y"] and replies.replayed == 1
+
+
+def test_a_stream_copy_whose_first_failed_is_told_to_send_again() -> None:
+    """A copy's stream was read to fingerprint it, so it cannot run: it is told to send again."""
+    replies = RecentReplies()
+    started, release = threading.Event(), threading.Event()
+
+    def failing() -> str:
+        started.set()
+        release.wait(5)
+        raise Unavailable("shard 0 broke off")
+
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            replies.once(("a", "Ingest", "r"), failing, 10, size=1, fingerprint=lambda: b"x")
+        except Unavailable as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    with pytest.raises(Unavailable, match="the first try of request r failed; send it again"):
+        replies.once(("a", "Ingest", "r"), lambda: "never", 10, size=1, fingerprint=lambda: b"x")
+    thread.join(5)
+    assert len(errors) == 1
+    assert replies.once(("a", "Ingest", "r"), lambda: "stored", 10, size=1, fingerprint=lambda: b"x") == "stored"
+
+
+def test_beyond_the_size_bound_exactly_the_oldest_replies_go() -> None:
+    replies = RecentReplies(max_bytes=1000)
+    for i in range(300):
+        replies.once(("a", "Delete", f"r{i}"), lambda i=i: f"reply {i}", 10, size=10)
+    assert replies.held_bytes == 1000 and replies.kept == 100
+    assert replies.once(("a", "Delete", "r199"), lambda: "ran again", 10, size=10) == "ran again"
+    assert replies.once(("a", "Delete", "r299"), lambda: "ran again", 10, size=10) == "reply 299"
+
+
+def test_a_stream_digest_covers_every_item_read_or_left_and_refuses_a_stream_over_the_limit() -> None:
+    def items(*ids: str) -> list[pb.IngestItem]:
+        return [pb.IngestItem(id=i, image=b"img-" + i.encode()) for i in ids]
+
+    read = StreamDigest(iter(items("a", "b")), max_items=3)
+    assert [m.id for m in read] == ["a", "b"]  # the first try reads it through its run
+    assert read.digest() == StreamDigest(iter(items("a", "b")), 3).digest()  # a copy, read by digest() alone
+    half = StreamDigest(iter(items("a", "b")), 3)
+    next(iter(half))
+    assert half.digest() == read.digest()  # what the run left is read too
+    assert StreamDigest(iter(items("a")), 3).digest() != read.digest()
+    assert StreamDigest(iter(items("b", "a")), 3).digest() != read.digest()
+    assert StreamDigest(iter(items("a", "b", "c", "d")), 3).digest() == b"over the item limit"
 
 
 @pytest.mark.parametrize("value", ["", "x" * 129, "has space", "semi;colon", "é"])
