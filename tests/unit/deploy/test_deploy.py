@@ -515,6 +515,21 @@ def test_alert_label_values_exist() -> None:
             assert set(value.split("|")) <= codes, f"{value}: grpc_code holds Python StatusCode names"
 
 
+def test_callers_refused_for_their_token_or_rate_warn_and_do_not_page() -> None:
+    """One client with an expired token or over its rate must not page anyone; the same codes on
+    an internal service (a broken certificate) must."""
+    rules = {r["alert"]: r for r in alert_rules()}
+    refusals = {"UNAUTHENTICATED", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"}
+    page = rules["OrbitHashHighErrorRatio"]["expr"]
+    left_out = dict(re.findall(r'job(!?)="orbithash-gateway", grpc_code!~"([^"]+)"', page))
+    assert refusals <= set(left_out[""].split("|")), "the gateway's refusals still page"
+    assert not refusals & set(left_out["!"].split("|")), "internal services' refusals no longer page"
+    warn = rules["OrbitHashCallersRefused"]
+    assert warn["labels"]["severity"] == "warn"
+    [counted] = re.findall(r'grpc_code=~"([^"]+)"', warn["expr"])
+    assert set(counted.split("|")) == refusals
+
+
 def heading_anchors(markdown: str) -> set[str]:
     """The anchors GitHub gives a Markdown file's headings."""
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
