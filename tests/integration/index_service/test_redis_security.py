@@ -16,7 +16,7 @@ from index_service.__main__ import build_server
 from index_service.redis_connection import RedisAccessDenied, redis_clients
 from index_service.settings import IndexSettings
 from index_service.store import ShardStore, id_bucket_key
-from orbithash import Unavailable
+from orbithash import InvalidInput, Unavailable
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_local.pki import Identity, cluster_pki
@@ -126,7 +126,7 @@ def test_passwords_stay_out_of_argv_and_the_acl_file(redis_server: RedisServer) 
     assert stat.S_IMODE(redis_server.secrets_dir.stat().st_mode) == 0o700
     assert "user default off" in acl and acl.count("#") >= 3
     assert "--aclfile" in argv and "--protected-mode\x00yes" in argv
-    with pytest.raises(Exception, match="no user"):
+    with pytest.raises(InvalidInput, match=r"redis-server has no user 'shard-999' \(admin, shard-0 \.\. shard-\d+\)"):
         redis_server.credentials("shard-999")
 
 

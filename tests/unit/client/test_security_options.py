@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -39,9 +43,37 @@ def test_a_tls_file_that_holds_no_pem_is_refused_by_name(tmp_path: Path) -> None
         OrbitHashClient("127.0.0.1:1", ca_file=ca.cert_path, cert_file=ca.cert_path, key_file=token)
 
 
-def test_tls_without_a_ca_file_uses_system_roots() -> None:
-    with OrbitHashClient("example.invalid:443", tls=True, token="ohk_x") as client:
-        assert isinstance(client._channel, grpc.Channel)
+def _status_seen_with_default_roots(target: str, roots: Path) -> str:
+    """The status a ``tls=True`` client (no ca_file) gets from ``target`` in a fresh interpreter whose
+    default roots are ``roots``: gRPC reads GRPC_DEFAULT_SSL_ROOTS_FILE_PATH in place of the system's
+    store, once per process."""
+    code = ("import sys, grpc; from orbithash_client import OrbitHashClient\n"
+            "with OrbitHashClient(sys.argv[1], tls=True, token='ohk_x') as client:\n"
+            "    try:\n"
+            "        client._channel.unary_unary('/probe.Probe/Call')(b'', timeout=20)\n"
+            "    except grpc.RpcError as exc:\n"
+            "        print(exc.code().name)\n")
+    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(roots)}
+    done = subprocess.run([sys.executable, "-c", code, target], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_tls_without_a_ca_file_uses_system_roots(tmp_path: Path) -> None:
+    """A server whose CA is among the default roots is reached over TLS (a server without handlers
+    answers UNIMPLEMENTED); one whose CA is not is refused: the client neither sends plaintext nor
+    skips verification."""
+    ca, stranger = CertificateAuthority(tmp_path / "ca"), CertificateAuthority(tmp_path / "stranger")
+    served = ca.issue("gateway", tmp_path / "served", ("localhost",))
+    server = grpc.server(ThreadPoolExecutor(2))
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials(
+        [(served.key.read_bytes(), served.cert.read_bytes())]))
+    server.start()
+    try:
+        assert _status_seen_with_default_roots(f"localhost:{port}", ca.cert_path) == "UNIMPLEMENTED"
+        assert _status_seen_with_default_roots(f"localhost:{port}", stranger.cert_path) == "UNAVAILABLE"
+    finally:
+        server.stop(0)
 
 
 @pytest.mark.parametrize("target", ["127.0.0.1.nip.io:50051", "127.attacker.example:50051", "localhost.evil:1",
