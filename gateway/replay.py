@@ -122,6 +122,7 @@ class RecentReplies:
         callable for a stream, called once the stream is read (after ``run`` for the first try)."""
         if key is None:
             return run()
+        wait_until = None if wait_s is None else time.monotonic() + wait_s  # reading a copy's stream counts
         known = fingerprint if isinstance(fingerprint, bytes) else None
         with self._lock:
             self._forget_expired()
@@ -135,7 +136,7 @@ class RecentReplies:
         theirs = known if known is not None else fingerprint()  # type: ignore[operator]
         if entry.fingerprint is not None and entry.fingerprint != theirs:
             raise self._reused(key)
-        if not entry.done.wait(wait_s):
+        if not entry.done.wait(None if wait_until is None else max(0.0, wait_until - time.monotonic())):
             raise Unavailable(f"the first copy of request {key[2]} is still running; send it again later "
                               "with the same request id to get its reply")
         if not entry.ok:  # the first failed and was dropped
