@@ -11,7 +11,7 @@ import pytest
 from support.codes import Items, clustered_codes, filled_index, random_codes, reference, shuffled_ids
 
 from orbithash import InvalidInput
-from orbithash.index import HammingIndex, scan, warm_up
+from orbithash.index import HammingIndex, scan
 
 BITS = [8, 12, 24, 48, 64, 100, 256]
 
@@ -238,11 +238,6 @@ def test_searches_run_while_writes_go_on() -> None:
     assert not errors
     assert len(index) == len(expected) == 2001
     assert {i for i, _, _ in index.search(code, 5000)[0]} == expected
-
-
-def test_warm_up_compiles_the_kernel() -> None:
-    warm_up()
-    assert scan._scan_many.signatures  # compiled (or loaded from the numba cache)
 
 
 @pytest.mark.parametrize("strategy", ["scan", "mih"])
