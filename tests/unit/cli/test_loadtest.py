@@ -62,7 +62,7 @@ def test_percentiles_interpolate_between_order_statistics_like_numpy() -> None:
 def test_a_percentile_of_one_value_is_that_value_and_of_none_is_none() -> None:
     assert percentile([7.5], 99) == 7.5
     assert percentile([], 50) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"percentile 101 is not within 0\.\.100"):
         percentile([1.0], 101)
 
 

@@ -60,7 +60,7 @@ def test_accuracy_takes_labels_or_scores() -> None:
     assert accuracy(np.array([0, 2, 0, 1]), labels) == 0.75
     scores = np.array([[5, 0, 0], [0, 1, 3], [2, 0, 1], [1, 0, 0]])  # argmax 0, 2, 0, 0
     assert accuracy(scores, labels) == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"predictions \(2,\) and labels \(4,\) must match"):
         accuracy(np.array([0, 1]), labels)
 
 

@@ -91,6 +91,7 @@ def test_message_limits_parse_and_apply() -> None:
     check_message_size("Info", 10 * MIB, limits)  # no limit named: gRPC's own
     with pytest.raises(ResourceExhausted, match=r"Get request message is 0.5 MiB; .* at most 0.5 MiB"):
         check_message_size("Get", MIB // 2 + 1, limits)
-    for bad in ("Search", "=3", "Search=0", "Search=x"):
-        with pytest.raises(ValueError):
+    for bad, why in (("Search", "write Method=MiB"), ("=3", "write Method=MiB"), ("Search=0", r"MiB must be in"),
+                     ("Search=x", "could not convert")):
+        with pytest.raises(ValueError, match=why):
             parse_message_limits(bad)
