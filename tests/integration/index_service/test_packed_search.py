@@ -47,7 +47,9 @@ def test_packed_answers_equal_the_old_ones(redis_client: redis.Redis, shard0_red
             for c, hits in zip(new, before, strict=True):
                 assert merge_topk([c], query.k, by_score) == merge_topk([hits], query.k, by_score) == hits
         with_meta = ShardQuery(codes=queries[:1], k=5, bits=BITS, model_version=VERSION, with_metadata=True)
-        assert isinstance(packed.search(with_meta, 10)[0], list)
+        answered = packed.search(with_meta, 10)
+        assert isinstance(answered[0], list)  # the old per-hit answer, with the same hits
+        assert answered == old.search(with_meta, 10) and len(answered[0]) == 5
     finally:
         packed.close()
         old.close()
