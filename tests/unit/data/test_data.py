@@ -17,7 +17,6 @@ from orbithash.data import load_split
 from orbithash.images import decode_image
 
 UCMERCED = SHARED_DATA / "ucmerced.zip"
-needs_ucmerced = pytest.mark.skipif(not UCMERCED.exists(), reason=f"{UCMERCED} is not there")
 
 
 def _png(value: int) -> bytes:
@@ -40,7 +39,6 @@ def _write_tree(root: Path, counts: dict[str, int], first_value: int = 0) -> dic
     return written
 
 
-@needs_ucmerced
 def test_ucmerced_follows_the_dhcnn_protocol() -> None:
     split = load_split(UCMERCED)
     assert split.name == "ucmerced"
@@ -56,7 +54,6 @@ def test_ucmerced_follows_the_dhcnn_protocol() -> None:
     assert decode_image(split.queries[0].data).shape[2] == 3
 
 
-@needs_ucmerced
 def test_ucmerced_split_is_deterministic_and_seeded() -> None:
     a = load_split(UCMERCED, limit_per_class=10)
     b = load_split(UCMERCED, limit_per_class=10)
@@ -66,7 +63,6 @@ def test_ucmerced_split_is_deterministic_and_seeded() -> None:
     assert [r.data for r in a.database] != [r.data for r in c.database]
 
 
-@needs_ucmerced
 def test_default_path_is_ucmerced_beside_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORBITHASH_DATA_DIR", str(UCMERCED.parent))
     split = load_split(None, limit_per_class=5)

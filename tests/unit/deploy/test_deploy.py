@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
@@ -1102,7 +1101,6 @@ def test_make_secrets_reuses_state_and_rotates(tmp_path: Path) -> None:
         decoded(secret_docs(tmp_path / "secrets.yaml")["orbithash-redis-acl"])["users.acl"].decode()
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_redis_accepts_the_generated_acl_and_tls(generated, tmp_path: Path) -> None:
     """The real redis-server, started with the manifest's TLS and ACL flags and the generated files."""
     import redis as redis_py

@@ -9,8 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from support import REPO, SHARED_DATA
+from google.protobuf import text_format
+from support import REPO
 from torch import nn
+from tritonclient.grpc import model_config_pb2 as model_config
 
 from orbithash.bits import pack_signs
 from orbithash.data import Split
@@ -26,9 +28,7 @@ from orbithash.training.features import backbone_facts, cached_features
 from orbithash.training.finetune import train_and_export
 from orbithash.training.result import TrainResult
 
-UCMERCED = SHARED_DATA / "ucmerced.zip"
 BITS = 32
-pytestmark = pytest.mark.skipif(not UCMERCED.exists(), reason=f"{UCMERCED} is not there")
 
 
 class Trained:
@@ -85,8 +85,6 @@ def test_facts_round_trip_through_onnx_metadata(trained: Trained) -> None:
 
 
 def test_triton_config_parses_and_carries_the_facts(trained: Trained) -> None:
-    text_format = pytest.importorskip("google.protobuf.text_format")
-    model_config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
     text = (trained.repo / "tiny" / "config.pbtxt").read_text()
     config = text_format.Parse(text, model_config.ModelConfig())
     assert (config.name, config.backend, config.max_batch_size) == ("tiny", "python", 64)
@@ -166,8 +164,6 @@ def test_export_refuses_facts_that_do_not_fit_the_model(tmp_path: Path) -> None:
 
 
 def test_pbtxt_strings_survive_quotes_backslashes_and_unicode() -> None:
-    text_format = pytest.importorskip("google.protobuf.text_format")
-    model_config = pytest.importorskip("tritonclient.grpc.model_config_pb2")
     value = 'Zürich "dock" \\ yard\n\t["a", "b"]'
     text = f"parameters {{ key: \"k\" value: {{ string_value: {pbtxt_string(value)} }} }}"
     config = text_format.Parse(text, model_config.ModelConfig())
