@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from encoder_service.backends import InferenceBackend
 from encoder_service.budget import MemoryBudget
 from encoder_service.thumbnails import check_thumbnail_size, thumbnail
-from orbithash import InvalidInput, ResourceExhausted, TritonFailure
+from orbithash import Cancelled, DeadlineExceeded, InvalidInput, ResourceExhausted, TritonFailure
 from orbithash.bits import pack_signs
 from orbithash.export.runtime import softmax
 from orbithash.images import (
@@ -27,6 +28,18 @@ from orbithash.images import (
     read_header,
 )
 from orbithash.model_facts import ModelFacts
+
+# True while someone still waits for the answer (the servicer passes gRPC's ``context.is_active``).
+Active = Callable[[], bool]
+
+
+def _still_wanted(deadline: float | None, active: Active | None, before: str) -> None:
+    """Raise when nobody will read the answer: work for a caller that is gone steals the CPU (decode)
+    and the model (inference) from those still waiting."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"the caller's deadline passed before {before}")
+    if active is not None and not active():
+        raise Cancelled(f"the caller went away before {before}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class DecodePolicy:
 class EncoderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.images = Counter("orbithash_encoder_images", "Images encoded.", registry=registry)
+        self.decoded = Counter("orbithash_encoder_decoded_images",
+                               "Images decoded, whether or not their request was then answered.", registry=registry)
         self.decode_seconds = Histogram("orbithash_encoder_decode_seconds",
                                         "Decode and preprocess time per request.", registry=registry)
         self.inference_seconds = Histogram("orbithash_encoder_inference_seconds",
@@ -103,10 +118,11 @@ class Encoder:
                 f"{mpx(self.decode.max_request_pixels)}; send them in smaller requests, or downscale them")
         return headers
 
-    def _prepare(self, images: list[bytes], deadline: float | None,
-                 thumbnail_size: int = 0) -> tuple[np.ndarray, list[bytes]]:
+    def _prepare(self, images: list[bytes], deadline: float | None, thumbnail_size: int = 0,
+                 active: Active | None = None) -> tuple[np.ndarray, list[bytes]]:
         """Check every header first, then decode on a thread pool (Pillow and zlib release the GIL),
         each image holding its estimated decode memory from the process-wide budget while it decodes.
+        No image starts once the deadline has passed or ``active`` says the caller is gone.
         With ``thumbnail_size``, each decoded image also gives a JPEG thumbnail (see ``thumbnails``)."""
         headers = self._headers(images)
         size = self.facts.input_size
@@ -114,11 +130,14 @@ class Encoder:
         thumbs = [b""] * len(images) if thumbnail_size else []
 
         def one(i: int) -> None:
+            _still_wanted(deadline, active, f"image {i} of {len(images)} was decoded")
             wait = self.decode.wait_s if deadline is None else min(self.decode.wait_s, deadline - time.monotonic())
             header = headers[i]
             try:
                 with self.memory.reserve(header.decode_bytes, wait, f"image {i} ({header.describe()})"):
+                    _still_wanted(deadline, active, f"image {i} of {len(images)} was decoded")  # after the wait
                     out[i] = decode_checked(images[i], header)
+                self.metrics.decoded.inc()
             except InvalidInput as exc:
                 raise InvalidInput(f"image {i}: {exc}") from exc
             except ResourceExhausted:
@@ -140,7 +159,11 @@ class Encoder:
             raise
         return out, thumbs
 
-    def _infer(self, chunk: np.ndarray, timeout: float | None) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, chunk: np.ndarray, deadline: float | None,
+               active: Active | None) -> tuple[np.ndarray, np.ndarray]:
+        """One backend batch, sent only while its caller still waits, with what is left of its deadline."""
+        _still_wanted(deadline, active, f"a batch of {len(chunk)} images was sent to the model")
+        timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
         self.metrics.batch_size.observe(len(chunk))
         with self.metrics.inference_seconds.time():
             u, logits = self.backend.infer(chunk, timeout)
@@ -163,9 +186,12 @@ class Encoder:
     def facts(self) -> ModelFacts:
         return self.backend.facts
 
-    def encode(self, images: list[bytes], timeout: float | None = None, thumbnail_size: int = 0) -> EncodedBatch:
+    def encode(self, images: list[bytes], timeout: float | None = None, thumbnail_size: int = 0,
+               active: Active | None = None) -> EncodedBatch:
         """``timeout``: seconds left of the caller's deadline, passed on to the backend;
-        ``thumbnail_size`` > 0: also a JPEG thumbnail of each image, that many pixels on its longer side."""
+        ``thumbnail_size`` > 0: also a JPEG thumbnail of each image, that many pixels on its longer side;
+        ``active``: False once the caller has gone (cancelled). Neither a decode nor a backend batch
+        starts after the deadline or the caller has gone: DeadlineExceeded or Cancelled instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not images:
             raise InvalidInput("no images given")
@@ -173,14 +199,14 @@ class Encoder:
             raise ResourceExhausted(f"{len(images)} images in one call, limit {self.max_images}")
         check_thumbnail_size(thumbnail_size)
         with self.metrics.decode_seconds.time():
-            batch, thumbs = self._prepare(images, deadline, thumbnail_size)
+            batch, thumbs = self._prepare(images, deadline, thumbnail_size, active)
         chunks = [batch[i:i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
-        left = None if deadline is None else max(0.001, deadline - time.monotonic())
-        # Chunks go out concurrently so Triton's dynamic batcher can run them back to back.
+        # Chunks go out concurrently so Triton's dynamic batcher can run them back to back; a chunk
+        # still queued when one fails is cancelled by map's iterator.
         if len(chunks) == 1:
-            results = [self._infer(chunks[0], left)]
+            results = [self._infer(chunks[0], deadline, active)]
         else:
-            results = list(self._pool.map(lambda c: self._infer(c, left), chunks))
+            results = list(self._pool.map(lambda c: self._infer(c, deadline, active), chunks))
         u = np.concatenate([r[0] for r in results])
         logits = np.concatenate([r[1] for r in results])
         finite = np.isfinite(u).all(axis=1) & np.isfinite(logits).all(axis=1)

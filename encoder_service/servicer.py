@@ -18,13 +18,13 @@ class EncoderServicer(rpc.EncoderServicer):
 
     def Encode(self, request: pb.EncodeRequest, context: grpc.ServicerContext) -> pb.EncodeResponse:
         return self._response(self._encoder.encode(list(request.images), context.time_remaining(),
-                                                   request.thumbnail_size))
+                                                   request.thumbnail_size, context.is_active))
 
     def EncodeStream(self, request_iterator: Iterator[pb.EncodeRequest],
                      context: grpc.ServicerContext) -> Iterator[pb.EncodeResponse]:
         for request in request_iterator:
             yield self._response(self._encoder.encode(list(request.images), context.time_remaining(),
-                                                      request.thumbnail_size))
+                                                      request.thumbnail_size, context.is_active))
 
     def _response(self, out: EncodedBatch) -> pb.EncodeResponse:
         names = self._encoder.facts.class_names

@@ -40,6 +40,10 @@ class DeadlineExceeded(Unavailable):
     (maps to DEADLINE_EXCEEDED). A kind of Unavailable: to a fan-out it is a late shard."""
 
 
+class Cancelled(OrbitHashError):
+    """The caller went away before the work was done, so it was stopped (maps to CANCELLED)."""
+
+
 class ResourceExhausted(OrbitHashError):
     """A request asks for more than the service allows (maps to RESOURCE_EXHAUSTED)."""
 

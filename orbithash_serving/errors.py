@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import grpc
 
-from orbithash import DeadlineExceeded, InvalidInput, Mismatch, NotFound, ResourceExhausted, TritonFailure, Unavailable
+from orbithash import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    Mismatch,
+    NotFound,
+    ResourceExhausted,
+    TritonFailure,
+    Unavailable,
+)
 from orbithash.model_facts import ModelFactsError
 from orbithash_serving.access import PermissionDenied, Unauthenticated
 
@@ -14,6 +23,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (Mismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (ModelFactsError, grpc.StatusCode.FAILED_PRECONDITION),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TritonFailure, grpc.StatusCode.INTERNAL),

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -38,14 +39,21 @@ def triton(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     server.stop()
 
 
+@contextmanager
+def running_encoder(name: str, triton: TritonServer, logs: Path, args: list[str]) -> Iterator[ServiceProcess]:
+    service = start_service(name, encoder_service, ["--triton-url", triton.url, *args], logs, timeout=60)
+    try:
+        yield service
+    finally:
+        service.process.stop()
+
+
 @pytest.fixture(scope="module")
 def encoder_process(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    service = start_service("encoder", encoder_service,
-                            ["--triton-url", triton.url, "--max-images", "8", "--max-batch", "4",
-                             "--triton-timeout-s", "5", "--max-request-mpx", "50"],
-                            tmp_path_factory.mktemp("logs"), timeout=60)
-    yield service
-    service.process.stop()
+    with running_encoder("encoder", triton, tmp_path_factory.mktemp("logs"),
+                         ["--max-images", "8", "--max-batch", "4", "--triton-timeout-s", "5",
+                          "--max-request-mpx", "50"]) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +240,65 @@ def test_a_request_over_the_pixel_budget_is_refused_before_decoding(encoder: rpc
     assert "4 images of 67.1 Mpx in all are over the per-request budget of 50.0 Mpx" in err.value.details()
     assert time.monotonic() - start < 1.0
     assert peak_rss_mb(encoder_process.process.pid) < PEAK_RSS_LIMIT_MB
+
+
+# -- abandoned calls: a caller that is gone gets no more decoding ---------------------------------
+
+ABANDONED_IMAGES = 16  # 2048² 16-bit deflate TIFFs: about 0.1-0.2 s each to decode, one at a time
+
+
+@pytest.fixture(scope="module")
+def one_decoder(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """An encoder that decodes one image at a time, so one call of many large images takes seconds."""
+    with running_encoder("encoder-one-decoder", triton, tmp_path_factory.mktemp("logs"),
+                         ["--max-images", "64", "--max-batch", "4", "--decode-threads", "1",
+                          "--max-request-mpx", "1000"]) as service:
+        yield service
+
+
+def metric(service: ServiceProcess, name: str) -> float:
+    """A label-free sample of the service's /metrics (0 when absent)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).read()
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    return 0.0
+
+
+def decoded_once_settled(service: ServiceProcess, before: float) -> float:
+    """Images decoded since ``before``, read once the count has not moved for a second."""
+    last, still_since = metric(service, "orbithash_encoder_decoded_images_total"), time.monotonic()
+    while time.monotonic() - still_since < 1.0:
+        time.sleep(0.1)
+        now = metric(service, "orbithash_encoder_decoded_images_total")
+        if now != last:
+            last, still_since = now, time.monotonic()
+    return last - before
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+def test_a_call_whose_caller_is_gone_stops_decoding(one_decoder: ServiceProcess, how: str) -> None:
+    """A multi-image call kept decoding every image after its caller cancelled or its deadline passed
+    (16 of 16 here): CPU taken from live callers for an answer nobody reads."""
+    request = pb.EncodeRequest(images=[deflate_tiff(2048)] * ABANDONED_IMAGES)
+    before_calls = handled(one_decoder, "Encode")
+    before = metric(one_decoder, "orbithash_encoder_decoded_images_total")
+    with grpc.insecure_channel(one_decoder.address) as channel:
+        stub = rpc.EncoderStub(channel)
+        if how == "deadline":
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Encode(request, timeout=0.4)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            call = stub.Encode.future(request, timeout=60)
+            time.sleep(0.4)
+            call.cancel()
+        decoded = decoded_once_settled(one_decoder, before)
+    assert decoded <= ABANDONED_IMAGES / 2, f"{decoded:.0f} of {ABANDONED_IMAGES} images decoded for a gone caller"
+    counted = {code: n - before_calls.get(code, 0) for code, n in handled(one_decoder, "Encode").items()}
+    want = "DEADLINE_EXCEEDED" if how == "deadline" else "CANCELLED"
+    assert {code for code, n in counted.items() if n} == {want}, counted
 
 
 def health(address: str, service: str) -> int:
