@@ -1,6 +1,6 @@
 """Limits per client that hold under abuse: a request rate (token bucket), concurrent streams, and
-the size of one request message per method. Each refusal is RESOURCE_EXHAUSTED with what was
-exceeded and when to retry.
+the size of one request message per method, and of a reply with thumbnails. Each refusal is
+RESOURCE_EXHAUSTED with what was exceeded and when to retry or what to ask for instead.
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TypeVar
+
+from google.protobuf.message import Message
 
 from orbithash import ResourceExhausted
+from orbithash.metadata import MAX_THUMBNAIL_BYTES
 
 MIB = 1024 * 1024
+MAX_MESSAGE_BYTES = 256 * MIB  # one message, either way, on every channel and server of the cluster
 MAX_TRACKED_CLIENTS = 100_000  # rate buckets kept at most, least recently used dropped first
 
 
@@ -102,8 +107,11 @@ def parse_message_limits(text: str) -> dict[str, int]:
         method, sep, value = part.partition("=")
         if not sep or not method.strip():
             raise ValueError(f"message limit {part!r}: write Method=MiB, e.g. Search=64")
-        mib = float(value)
-        if not 0 < mib <= 4096:
+        try:
+            mib = float(value)
+        except ValueError:
+            raise ValueError(f"message limit {part!r}: MiB must be a number, e.g. Search=64") from None
+        if not 0 < mib <= 4096:  # also refuses nan
             raise ValueError(f"message limit {part!r}: MiB must be in (0, 4096]")
         limits[method.strip()] = int(mib * MIB)
     return limits
@@ -114,3 +122,24 @@ def check_message_size(method: str, size: int, limits: Mapping[str, int]) -> Non
     if limit is not None and size > limit:
         raise ResourceExhausted(f"the {method} request message is {size / MIB:.1f} MiB; this service accepts at "
                                 f"most {limit / MIB:g} MiB per {method} message")
+
+
+M = TypeVar("M", bound=Message)
+
+
+def fitting_thumbnails(reply: M, limit: int = MAX_MESSAGE_BYTES) -> M:
+    """``reply`` (hits or items with thumbnails) if it fits one message of ``limit`` bytes.
+
+    A thumbnail may be 256 KiB, so a few hundred hits can pass gRPC's limit: gRPC then fails the call
+    after all its work with 'Sent message larger than max', which names neither k nor thumbnails.
+    Refused here instead, by what the reply actually holds, so the common small thumbnails are never
+    refused for what the largest ones would cost. Shards and gateway both apply it.
+    """
+    size = reply.ByteSize()
+    if size > limit:
+        raise ResourceExhausted(
+            f"the reply with thumbnails would be {size / MIB:.1f} MiB, over the {limit / MIB:g} MiB message limit "
+            f"(a thumbnail may be up to {MAX_THUMBNAIL_BYTES // 1024} KiB); ask for fewer hits or items with "
+            f"thumbnails in one call (lower k, queries or ids; about {100 * limit // size}% of them fit), or ask "
+            "without thumbnails and Get those of the hits you show")
+    return reply

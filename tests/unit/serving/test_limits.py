@@ -92,6 +92,7 @@ def test_message_limits_parse_and_apply() -> None:
     with pytest.raises(ResourceExhausted, match=r"Get request message is 0.5 MiB; .* at most 0.5 MiB"):
         check_message_size("Get", MIB // 2 + 1, limits)
     for bad, why in (("Search", "write Method=MiB"), ("=3", "write Method=MiB"), ("Search=0", r"MiB must be in"),
-                     ("Search=x", "could not convert")):
+                     ("Search=x", r"message limit 'Search=x': MiB must be a number"),
+                     ("Search=nan", r"MiB must be in")):
         with pytest.raises(ValueError, match=why):
             parse_message_limits(bad)
