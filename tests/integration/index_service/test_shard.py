@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -39,6 +40,19 @@ def codes(rng: np.random.Generator, n: int) -> list[bytes]:
     return [bytes(row) for row in rng.integers(0, 256, (n, BITS // 8), dtype=np.uint8)]
 
 
+def wait_until_inside(thread: threading.Thread, functions: set[str], timeout: float = 10.0) -> None:
+    """Until ``thread`` runs one of ``functions`` (somewhere on its stack): no sleep that passes by luck."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or -1)
+        while frame is not None:
+            if frame.f_code.co_name in functions:
+                return
+            frame = frame.f_back
+        time.sleep(0.01)
+    raise AssertionError(f"{thread.name} never reached {sorted(functions)} within {timeout} s")
+
+
 def test_searches_go_on_while_a_write_hangs_in_redis(tmp_path: Path) -> None:
     """A write stuck in a stopped Redis must not hold up searches (they read the mirror only)."""
     server = RedisServer(tmp_path / "redis")
@@ -50,8 +64,7 @@ def test_searches_go_on_while_a_write_hangs_in_redis(tmp_path: Path) -> None:
         os.kill(server.process.pid, signal.SIGSTOP)
         writer = threading.Thread(target=lambda: shard.add(["late"], codes(rng, 1), [1], BITS, VERSION), daemon=True)
         writer.start()
-        time.sleep(0.3)  # the writer now waits inside the Redis call
-        assert writer.is_alive()
+        wait_until_inside(writer, {"read_response", "_read_from_socket"})  # waits on Redis's reply
         answered: list[list] = []
         searcher = threading.Thread(target=lambda: answered.append(shard.search([stored[3]], 1, None, None, BITS,
                                                                                VERSION)), daemon=True)
