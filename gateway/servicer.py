@@ -17,6 +17,7 @@ from gateway.replay import Key, RecentReplies, StreamDigest, message_digest, req
 from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_serving.access import current_principal
+from orbithash_serving.limits import fitting_thumbnails
 
 # Trailing metadata of a failed Ingest: the IngestSummary of what was stored (see the proto).
 INGEST_SUMMARY_KEY = "orbithash-ingest-summary-bin"
@@ -45,7 +46,8 @@ class GatewayServicer(rpc.GatewayServicer):
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         result = self._gateway.search(convert.search_request_from_pb(request), context.time_remaining())
-        return convert.search_response_to_pb(result)
+        reply = convert.search_response_to_pb(result)
+        return fitting_thumbnails(reply) if request.with_thumbnails else reply
 
     def Ingest(self, request_iterator: Iterator[pb.IngestItem], context: grpc.ServicerContext) -> pb.IngestSummary:
         key = self._key("Ingest", context)
@@ -83,11 +85,13 @@ class GatewayServicer(rpc.GatewayServicer):
 
     def SearchMany(self, request: pb.SearchManyRequest, context: grpc.ServicerContext) -> pb.SearchManyResponse:
         results = self._gateway.search_many(convert.search_many_request_from_pb(request), context.time_remaining())
-        return convert.search_many_response_to_pb(results)
+        reply = convert.search_many_response_to_pb(results)
+        return fitting_thumbnails(reply) if request.with_thumbnails else reply
 
     def Get(self, request: pb.GetItemsRequest, context: grpc.ServicerContext) -> pb.GetItemsResponse:
         result = self._gateway.get(list(request.ids), request.with_thumbnails, context.time_remaining())
-        return convert.get_items_response_to_pb(result)
+        reply = convert.get_items_response_to_pb(result)
+        return fitting_thumbnails(reply) if request.with_thumbnails else reply
 
     def UpdateMetadata(self, request: pb.UpdateMetadataRequest,
                        context: grpc.ServicerContext) -> pb.UpdateMetadataResponse:

@@ -12,6 +12,7 @@ from orbithash_api.v1 import orbithash_pb2 as pb
 from orbithash_api.v1 import orbithash_pb2_grpc as rpc
 from orbithash_serving.convert import filter_from_pb, scene_from_pb, scene_to_pb
 from orbithash_serving.deadlines import write_time_left
+from orbithash_serving.limits import fitting_thumbnails
 
 
 def _metadata_pb(meta: SceneMeta | None) -> pb.SceneMetadata | None:
@@ -78,7 +79,8 @@ class IndexShardServicer(rpc.IndexShardServicer):
         if request.packed and not (request.with_metadata or request.with_thumbnails):
             reranked = len(request.u) > 0
             return pb.ShardSearchResponse(packed=[_packed_pb(hits, shard, reranked) for hits in results])
-        return pb.ShardSearchResponse(results=[pb.HitList(hits=[_hit_pb(h, shard) for h in hits]) for hits in results])
+        reply = pb.ShardSearchResponse(results=[pb.HitList(hits=[_hit_pb(h, shard) for h in hits]) for hits in results])
+        return fitting_thumbnails(reply) if request.with_thumbnails else reply
 
     def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.StatsResponse:
         s = self._shard
@@ -87,9 +89,10 @@ class IndexShardServicer(rpc.IndexShardServicer):
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
         found, missing = self._shard.get(list(request.ids), request.with_metadata, request.with_thumbnails)
-        return pb.GetResponse(items=[pb.Item(id=i.id, code=i.code, label=i.label, metadata=_metadata_pb(i.metadata),
-                                             thumbnail=i.thumbnail) for i in found],
-                              missing=missing)
+        reply = pb.GetResponse(items=[pb.Item(id=i.id, code=i.code, label=i.label, metadata=_metadata_pb(i.metadata),
+                                              thumbnail=i.thumbnail) for i in found],
+                               missing=missing)
+        return fitting_thumbnails(reply) if request.with_thumbnails else reply
 
     def UpdateMetadata(self, request: pb.UpdateMetadataRequest,
                        context: grpc.ServicerContext) -> pb.UpdateMetadataResponse:

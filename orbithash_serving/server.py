@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from orbithash_api.v1 import orbithash_pb2
 from orbithash_serving.access import PeerAdmission
 from orbithash_serving.interceptor import AccessControl, GrpcMetrics, ServiceInterceptor
+from orbithash_serving.limits import MAX_MESSAGE_BYTES
 from orbithash_serving.settings import ServiceSettings
 from orbithash_serving.tls import peer_names, server_credentials
 
 S = TypeVar("S", bound=ServiceSettings)
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

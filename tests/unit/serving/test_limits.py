@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from orbithash import ResourceExhausted
-from orbithash_serving.limits import MIB, RateLimiter, StreamSlots, check_message_size, parse_message_limits
+from orbithash_api.v1 import orbithash_pb2 as pb
+from orbithash_serving.limits import (
+    MIB,
+    RateLimiter,
+    StreamSlots,
+    check_message_size,
+    fitting_thumbnails,
+    parse_message_limits,
+)
 
 
 class Clock:
@@ -96,3 +104,11 @@ def test_message_limits_parse_and_apply() -> None:
                      ("Search=nan", r"MiB must be in")):
         with pytest.raises(ValueError, match=why):
             parse_message_limits(bad)
+
+
+def test_a_reply_with_thumbnails_over_the_limit_says_its_size_and_what_fits() -> None:
+    reply = pb.GetItemsResponse(items=[pb.StoredItem(id=f"i-{i}", thumbnail=bytes(MIB // 4)) for i in range(4)])
+    assert fitting_thumbnails(reply, 2 * MIB) is reply
+    with pytest.raises(ResourceExhausted, match=r"^the reply with thumbnails would be 1\.0 MiB, over the 0\.5 MiB "
+                                                r"message limit .* about 49% of them fit\), or ask without"):
+        fitting_thumbnails(reply, MIB // 2)
