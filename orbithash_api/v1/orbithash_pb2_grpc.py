@@ -99,7 +99,9 @@ class GatewayServicer:
         Ingest, Delete and UpdateMetadata take an optional request id (metadata
         "orbithash-request-id", 1..128 of [A-Za-z0-9_-], the same on every try of one write): a try
         sent again after a lost reply gets the first try's reply instead of running again on top of
-        it. Replies are kept ten minutes, by the gateway process that ran the write.
+        it. Replies are kept ten minutes, by the gateway process that ran the write. An id reused
+        for another write (other ids, other items) is INVALID_ARGUMENT; an Ingest try is compared by
+        its items, so a copy's stream is read through before the first reply is given back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
