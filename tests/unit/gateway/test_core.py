@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from support.clock import ManualClock
 
 from gateway.core import (
     ByCode,
@@ -43,21 +44,11 @@ FACTS = ModelFacts(name="m", version="v1", bits=BITS, class_names=("a", "b", "c"
                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Calls:
     """What a fake was asked: (method, clock at the call, timeout given)."""
 
-    clock: Clock
+    clock: ManualClock
     log: list[tuple[str, float, float]] = field(default_factory=list)
 
     def record(self, method: str, timeout: float) -> None:
@@ -228,7 +219,7 @@ class Cluster:
 
 
 def cluster(n: int = 3, limits: Limits | None = None, seconds_per_encode: float = 0.0) -> Cluster:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     calls = Calls(clock)
     encoder = FakeEncoder(calls, seconds_per_encode)
     shards = [FakeShard(s, calls) for s in range(n)]
@@ -697,8 +688,6 @@ def test_search_many_images_split_only_at_the_encoders_byte_limit() -> None:
 
 
 # -- filters, metadata and thumbnails --------------------------------------------------------------
-
-
 
 
 def fill_with_metadata(c: Cluster, n: int = 60) -> dict[str, StoredItem]:

@@ -7,18 +7,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+from support.clock import ManualClock
 
 from gateway.replay import RecentReplies, StreamDigest, request_key
 from orbithash import InvalidInput, Unavailable
 from orbithash_api.v1 import orbithash_pb2 as pb
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_request_sent_again_gets_the_first_reply_and_runs_once() -> None:
@@ -54,7 +47,7 @@ def test_a_failed_request_runs_again_when_sent_again() -> None:
 
 
 def test_replies_are_forgotten_after_their_time_and_beyond_the_size_bound() -> None:
-    clock = Clock()
+    clock = ManualClock()
     replies = RecentReplies(ttl_s=60, max_bytes=100, clock=clock)
     replies.once(("a", "Delete", "old"), lambda: "first", 10, size=10)
     clock.now = 61

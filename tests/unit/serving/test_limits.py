@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.clock import ManualClock
 
 from orbithash import ResourceExhausted
 from orbithash_api.v1 import orbithash_pb2 as pb
@@ -16,16 +17,8 @@ from orbithash_serving.limits import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_bucket_allows_a_burst_then_the_rate_then_recovers() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(rate=8, burst=5, clock=clock)
     for _ in range(5):
         limiter.take("station-a")
@@ -50,7 +43,7 @@ def test_rate_zero_is_no_limit() -> None:
 
 
 def test_idle_clients_are_forgotten() -> None:
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(rate=100, burst=1, clock=clock, max_clients=10)
     for n in range(11):
         limiter.take(f"c{n}")
@@ -61,7 +54,7 @@ def test_idle_clients_are_forgotten() -> None:
 def test_clients_that_are_all_active_stay_bounded_and_the_least_recent_goes_first() -> None:
     # Many addresses (an IPv6 /64) each sending within the refill time: none is idle, and before
     # this every call above the bound scanned every bucket under the lock while the table kept growing.
-    clock = Clock()
+    clock = ManualClock(100.0)
     limiter = RateLimiter(rate=1, burst=2, clock=clock, max_clients=10)
     limiter.take("station")
     limiter.take("station")  # its burst is spent
