@@ -52,6 +52,11 @@ def message_digest(message: Message) -> bytes:
     return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
 
 
+def _resolved(fingerprint: bytes | Callable[[], bytes]) -> bytes:
+    """A unary write's digest as it is; a stream's once read (see StreamDigest.digest)."""
+    return fingerprint if isinstance(fingerprint, bytes) else fingerprint()
+
+
 class StreamDigest(Generic[S]):
     """A request stream read through this, each message hashed in turn, for ``once``'s fingerprint.
 
@@ -133,7 +138,7 @@ class RecentReplies:
         assert entry is not None
         if mine:
             return self._run_first(key, entry, run, size, fingerprint)
-        theirs = known if known is not None else fingerprint()  # type: ignore[operator]
+        theirs = _resolved(fingerprint)
         if entry.fingerprint is not None and entry.fingerprint != theirs:
             raise self._reused(key)
         if not entry.done.wait(None if wait_until is None else max(0.0, wait_until - time.monotonic())):
@@ -154,7 +159,7 @@ class RecentReplies:
                    fingerprint: bytes | Callable[[], bytes]) -> R:
         try:
             reply = run()
-            digest = fingerprint if isinstance(fingerprint, bytes) else fingerprint()
+            digest = _resolved(fingerprint)
         except BaseException:
             with self._lock:
                 self._entries.pop(key, None)
